@@ -1,0 +1,84 @@
+# modcam — build, test, benchmark, fuzz. See README.md.
+#
+#   make test    set up (Debian packages, .venv, native build) and run every test
+#   make bench   the benchmarks in bench/ (BENCH_ARGS=--quick for a short run)
+#   make fuzz    the libFuzzer harnesses for FUZZ_SECONDS (default 600) each
+#   make demo    plug a virtual module and capture through the daemon
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NATIVE_SRC := $(wildcard native/*.c native/*.h native/*.cdef) native/build_native.py
+NATIVE_SO := daemon/modcam/_native.abi3.so
+ASAN_DIR := build/asan
+FUZZ_DIR := build/fuzz
+FUZZ_SECONDS ?= 600
+FUZZ_CI_SECONDS ?= 25
+ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
+# pytest and every process it starts run under the umockdev preload, so that
+# uevents sent by the tests reach the daemon (see tests/conftest.py).
+PYTEST := $(PY) -m pytest
+
+.PHONY: all setup system build asan test test-asan fuzz fuzz-ci bench demo clean
+
+all: build
+
+system:
+	@scripts/setup-system
+
+$(VENV)/.stamp-deps: pyproject.toml setup.py | system
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+$(NATIVE_SO): $(NATIVE_SRC) $(VENV)/.stamp-deps
+	@$(PY) setup.py -q build_ext --inplace >/dev/null
+	@touch $@
+
+setup: $(VENV)/.stamp-deps $(NATIVE_SO)
+build: setup
+
+# The same extension built with AddressSanitizer and UBSan (DESIGN.md lists the pitfalls).
+$(ASAN_DIR)/.stamp: $(NATIVE_SRC) $(VENV)/.stamp-deps
+	@rm -rf $(ASAN_DIR)
+	@MODCAM_SANITIZE=1 $(PY) -c "import sys; sys.path.insert(0, 'native'); \
+	  from build_native import ffibuilder; ffibuilder.compile(tmpdir='$(ASAN_DIR)')" >/dev/null
+	@touch $@
+asan: $(ASAN_DIR)/.stamp
+
+test-asan: setup asan
+	MODCAM_NATIVE_DIR=$(ASAN_DIR)/modcam PYTHONMALLOC=malloc \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  LD_PRELOAD=$(ASAN_LIB) $(PYTEST) -q -m asan tests/unit
+
+$(FUZZ_DIR)/%: native/fuzz/%.c $(NATIVE_SRC)
+	@mkdir -p $(FUZZ_DIR)
+	@clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -Inative $< native/modcam_ring.c native/modcam_ring_consumer.c native/crc32c.c -o $@
+FUZZERS := $(patsubst native/fuzz/%.c,$(FUZZ_DIR)/%,$(wildcard native/fuzz/fuzz_*.c))
+
+fuzz-ci: $(FUZZERS)
+	@for f in $(FUZZERS); do \
+	  mkdir -p $(FUZZ_DIR)/corpus-$$(basename $$f); \
+	  echo "fuzzing $$(basename $$f) for $(FUZZ_CI_SECONDS) s"; \
+	  $$f -max_total_time=$(FUZZ_CI_SECONDS) -print_final_stats=0 -close_fd_mask=3 \
+	    $(FUZZ_DIR)/corpus-$$(basename $$f) native/fuzz/seeds 2>$(FUZZ_DIR)/$$(basename $$f).log \
+	    || { tail -60 $(FUZZ_DIR)/$$(basename $$f).log; exit 1; }; \
+	done
+fuzz: FUZZ_CI_SECONDS = $(FUZZ_SECONDS)
+fuzz: fuzz-ci
+
+test: setup asan fuzz-ci
+	$(PYTEST)
+	$(MAKE) --no-print-directory test-asan
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b $(BENCH_ARGS) || exit 1; done
+
+demo:
+	@echo "make demo arrives with the daemon (modcamd); the frame ring is testable now: make test" >&2
+	@exit 2
+
+clean:
+	rm -rf build $(NATIVE_SO) daemon/modcam/_native.c *.egg-info daemon/*.egg-info

@@ -1,0 +1,1 @@
+"""modcam: a daemon and library for detachable camera modules."""
