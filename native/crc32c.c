@@ -55,6 +55,43 @@ static uint32_t x8nmodp(uint64_t n)
     return p;
 }
 
+/* x^e mod P for any e, in the same reflected representation. */
+static uint32_t xpowmodp(uint64_t e)
+{
+    uint32_t p = 1u << 31, sq = 1u << 30; /* x^0, x^1 */
+    while (e) {
+        if (e & 1)
+            p = multmodp(sq, p);
+        sq = multmodp(sq, sq);
+        e >>= 1;
+    }
+    return p;
+}
+
+/*
+ * Carry-less multiply folding (after Intel's "Fast CRC Computation for
+ * Generic Polynomials Using PCLMULQDQ"). A 16-byte chunk loaded little-endian
+ * holds a polynomial X of degree < 128 whose bit i is the coefficient of
+ * x^(127-i). Moving X forward by D bits needs F = X * x^D mod P; with
+ * X = H*x^64 + L, F = H*(x^(D+64) mod P) + L*(x^D mod P). A reflected 64-bit
+ * clmul yields the product one degree short, so the constants are taken one
+ * power lower: (x^(D+63) mod P, x^(D-1) mod P), each placed in the top half
+ * of its 64-bit lane. The folded chunk is finally fed to the crc32
+ * instruction as data, which reduces it.
+ */
+struct fold_k {
+    uint64_t hi, lo; /* multiplier for the low lane (H), for the high lane (L) */
+};
+#define FOLD_LANES 8 /* 16-byte chunks in flight: 128 bytes per step */
+static struct fold_k fold_k[FOLD_LANES]; /* [n]: fold forward by n * 128 bits */
+static int have_vpclmul;
+
+static struct fold_k fold_constant(uint64_t dbits)
+{
+    return (struct fold_k){(uint64_t)xpowmodp(dbits + 63) << 32,
+                           (uint64_t)xpowmodp(dbits - 1) << 32};
+}
+
 __attribute__((constructor)) static void crc32c_init(void)
 {
     for (uint32_t n = 0; n < 256; n++) {
@@ -68,10 +105,15 @@ __attribute__((constructor)) static void crc32c_init(void)
             table[k][n] = (table[k - 1][n] >> 8) ^ table[0][table[k - 1][n] & 0xff];
     shift_block = x8nmodp(STREAM_BLOCK);
     shift_block2 = x8nmodp(2ull * STREAM_BLOCK);
+    for (int n = 1; n < FOLD_LANES; n++)
+        fold_k[n] = fold_constant(128ull * n);
+    fold_k[0] = fold_constant(128ull * FOLD_LANES); /* the main loop's stride */
 #if MODCAM_X86
     __builtin_cpu_init();
     have_sse42 = __builtin_cpu_supports("sse4.2");
     have_avx2 = __builtin_cpu_supports("avx2");
+    have_vpclmul = have_sse42 && have_avx2 && __builtin_cpu_supports("vpclmulqdq") &&
+                   __builtin_cpu_supports("pclmul");
 #endif
 }
 
@@ -177,6 +219,57 @@ __attribute__((target("sse4.2,avx2"))) static uint32_t raw_copy_hw(uint32_t c, u
     return raw_hw_tail(c, src, len);
 }
 
+#define FOLD_TARGET __attribute__((target("sse4.2,avx2,pclmul,vpclmulqdq")))
+
+FOLD_TARGET static inline __m128i fold128(__m128i x, struct fold_k k)
+{
+    __m128i kk = _mm_set_epi64x((long long)k.lo, (long long)k.hi);
+    return _mm_xor_si128(_mm_clmulepi64_si128(x, kk, 0x00), _mm_clmulepi64_si128(x, kk, 0x11));
+}
+
+FOLD_TARGET static inline __m256i fold256(__m256i x, __m256i k, __m256i data)
+{
+    return _mm256_xor_si256(_mm256_xor_si256(_mm256_clmulepi64_epi128(x, k, 0x00),
+                                             _mm256_clmulepi64_epi128(x, k, 0x11)), data);
+}
+
+/* Raw CRC of len >= 256 bytes by folding 128 bytes per step (eight chunks in
+ * four 256-bit registers). With dst (32-byte aligned), also copies the data
+ * there with streaming stores, so a producer reads its frame only once. */
+FOLD_TARGET static uint32_t raw_fold(uint32_t c, const uint8_t *p, size_t len, uint8_t *dst)
+{
+    __m256i x[4], k = _mm256_set_epi64x((long long)fold_k[0].lo, (long long)fold_k[0].hi,
+                                        (long long)fold_k[0].lo, (long long)fold_k[0].hi);
+    for (int i = 0; i < 4; i++) {
+        x[i] = _mm256_loadu_si256((const __m256i *)(p + 32 * i));
+        if (dst)
+            _mm256_stream_si256((__m256i *)(dst + 32 * i), x[i]);
+    }
+    /* raw_update(c, D) == raw_update(0, D with c xored into its first word) */
+    x[0] = _mm256_xor_si256(x[0], _mm256_set_epi32(0, 0, 0, 0, 0, 0, 0, (int)c));
+    p += 128, len -= 128, dst = dst ? dst + 128 : NULL;
+    for (; len >= 128; p += 128, len -= 128) {
+        for (int i = 0; i < 4; i++) {
+            __m256i d = _mm256_loadu_si256((const __m256i *)(p + 32 * i));
+            if (dst)
+                _mm256_stream_si256((__m256i *)(dst + 32 * i), d);
+            x[i] = fold256(x[i], k, d);
+        }
+        dst = dst ? dst + 128 : NULL;
+    }
+    __m128i acc = _mm256_castsi256_si128(x[0]);
+    for (int i = 1; i < 8; i++) {
+        __m128i chunk = (i & 1) ? _mm256_extracti128_si256(x[i / 2], 1)
+                                : _mm256_castsi256_si128(x[i / 2]);
+        acc = _mm_xor_si128(fold128(acc, fold_k[1]), chunk);
+    }
+    uint64_t crc = _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(acc));
+    crc = _mm_crc32_u64(crc, (uint64_t)_mm_extract_epi64(acc, 1));
+    if (dst)
+        memcpy(dst, p, len);
+    return raw_hw_tail((uint32_t)crc, p, len);
+}
+
 __attribute__((target("avx2"))) static void stream_copy_avx2(uint8_t *dst, const uint8_t *src,
                                                              size_t len)
 {
@@ -198,6 +291,8 @@ __attribute__((target("avx2"))) static void stream_copy_avx2(uint8_t *dst, const
 uint32_t modcam_crc32c(uint32_t crc, const void *data, size_t len)
 {
 #if MODCAM_X86
+    if (have_vpclmul && len >= 256)
+        return ~raw_fold(~crc, data, len, NULL);
     if (have_sse42)
         return ~raw_hw(~crc, data, len);
 #endif
@@ -219,7 +314,7 @@ uint32_t modcam_copy_crc32c(void *dst, const void *src, size_t len)
 {
 #if MODCAM_X86
     if (streamable(dst, len))
-        return ~raw_copy_hw(~0u, dst, src, len);
+        return have_vpclmul ? ~raw_fold(~0u, src, len, dst) : ~raw_copy_hw(~0u, dst, src, len);
 #endif
     memcpy(dst, src, len);
     return modcam_crc32c(0, dst, len);

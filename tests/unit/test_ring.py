@@ -381,7 +381,8 @@ def test_crc32c_known_answer_and_paths_agree():
     assert lib.modcam_crc32c(0, check, 9) == 0xE3069283  # the standard check value
     assert lib.modcam_crc32c_portable(0, check, 9) == 0xE3069283
     rng = np.random.default_rng(0)
-    for n in [0, 1, 7, 8, 4095, 98303, 98304, 98305, 3 * 98304 + 13, (1 << 20) + 77]:
+    for n in [0, 1, 7, 8, 127, 128, 255, 256, 257, 383, 384, 385, 4095, 98303, 98304, 98305,
+              3 * 98304 + 13, (1 << 20) + 77, (1 << 20) + 128]:
         buf = rng.integers(0, 256, n + 64, dtype=np.uint8)
         for off in (0, 3):
             src = ffi.from_buffer(buf[off:off + n])

@@ -244,6 +244,13 @@ class Producer:
         lib.modcam_ring_producer_abort(self._live())
 
     @property
+    def free_slots(self) -> int:
+        """Slots the consumer has released and not yet reused (a producer that would
+        rather wait than drop, such as a benchmark, can pace itself on this)."""
+        r = self.region
+        return r.slot_count - (r.head - r.tail)
+
+    @property
     def next_sequence(self) -> int:
         """Sequence number the next frame offered will get (published or dropped)."""
         return self.region.next_sequence
