@@ -17,7 +17,7 @@ FUZZ_CI_SECONDS ?= 25
 ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
 # pytest and every process it starts run under the umockdev preload, so that
 # uevents sent by the tests reach the daemon (see tests/conftest.py).
-PYTEST := $(PY) -m pytest
+PYTEST := umockdev-wrapper $(PY) -m pytest
 
 .PHONY: all setup system build asan test test-asan fuzz fuzz-ci bench demo clean
 
@@ -42,15 +42,15 @@ build: setup
 # The same extension built with AddressSanitizer and UBSan (DESIGN.md lists the pitfalls).
 $(ASAN_DIR)/.stamp: $(NATIVE_SRC) $(VENV)/.stamp-deps
 	@rm -rf $(ASAN_DIR)
-	@MODCAM_SANITIZE=1 $(PY) -c "import sys; sys.path.insert(0, 'native'); \
-	  from build_native import ffibuilder; ffibuilder.compile(tmpdir='$(ASAN_DIR)')" >/dev/null
+	@MODCAM_SANITIZE=1 $(PY) setup.py -q build_ext --build-lib $(ASAN_DIR) \
+	  --build-temp $(ASAN_DIR)/tmp --force >/dev/null
 	@touch $@
 asan: $(ASAN_DIR)/.stamp
 
 test-asan: setup asan
 	MODCAM_NATIVE_DIR=$(ASAN_DIR)/modcam PYTHONMALLOC=malloc \
 	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  LD_PRELOAD=$(ASAN_LIB) $(PYTEST) -q -m asan tests/unit
+	  LD_PRELOAD=$(ASAN_LIB) $(PY) -m pytest -q -m asan tests/unit tests/stress
 
 $(FUZZ_DIR)/%: native/fuzz/%.c $(NATIVE_SRC)
 	@mkdir -p $(FUZZ_DIR)

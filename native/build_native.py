@@ -20,7 +20,8 @@ for cdef in sorted(HERE.glob("*.cdef")):
 
 # Each cdef file declares the public API of the header with the same name.
 _headers = "".join(f'#include "{c.stem}.h"\n' for c in sorted(HERE.glob("*.cdef")))
-_sources = [str(p) for p in sorted(HERE.glob("*.c"))]
+# Relative to the repository root, where setup.py runs (setuptools refuses absolute paths).
+_sources = [str(p.relative_to(HERE.parent)) for p in sorted(HERE.glob("*.c"))]
 
 _cflags = ["-std=gnu11", "-O3", "-Wall", "-Wextra", "-Wno-unused-parameter",
            "-fvisibility=hidden"]
