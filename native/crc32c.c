@@ -3,6 +3,7 @@
  */
 #include "crc32c.h"
 
+#include <errno.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -110,9 +111,9 @@ __attribute__((constructor)) static void crc32c_init(void)
     fold_k[0] = fold_constant(128ull * FOLD_LANES); /* the main loop's stride */
 #if MODCAM_X86
     __builtin_cpu_init();
-    have_sse42 = __builtin_cpu_supports("sse4.2");
-    have_avx2 = __builtin_cpu_supports("avx2");
-    have_vpclmul = have_sse42 && have_avx2 && __builtin_cpu_supports("vpclmulqdq") &&
+    have_sse42 = !!__builtin_cpu_supports("sse4.2");
+    have_avx2 = !!__builtin_cpu_supports("avx2");
+    have_vpclmul = have_sse42 && have_avx2 && !!__builtin_cpu_supports("vpclmulqdq") &&
                    __builtin_cpu_supports("pclmul");
 #endif
 }
@@ -330,6 +331,33 @@ void modcam_stream_copy(void *dst, const void *src, size_t len)
     }
 #endif
     memcpy(dst, src, len);
+}
+
+int modcam_crc32c_set_impl(int impl)
+{
+    static int detected = -1;
+    if (detected < 0)
+        detected = have_sse42 | have_avx2 << 1 | have_vpclmul << 2;
+    int sse42 = detected & 1, avx2 = (detected >> 1) & 1, fold = (detected >> 2) & 1;
+    switch (impl) {
+    case MODCAM_CRC32C_IMPL_AUTO:
+        have_sse42 = sse42, have_avx2 = avx2, have_vpclmul = fold;
+        return 0;
+    case MODCAM_CRC32C_IMPL_PORTABLE:
+        have_sse42 = have_avx2 = have_vpclmul = 0;
+        return 0;
+    case MODCAM_CRC32C_IMPL_SSE42:
+        if (!sse42 || !avx2)
+            return -ENOTSUP;
+        have_sse42 = have_avx2 = 1, have_vpclmul = 0;
+        return 0;
+    case MODCAM_CRC32C_IMPL_FOLD:
+        if (!fold)
+            return -ENOTSUP;
+        have_sse42 = have_avx2 = have_vpclmul = 1;
+        return 0;
+    }
+    return -EINVAL;
 }
 
 void modcam_store_fence(void)

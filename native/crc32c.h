@@ -26,6 +26,15 @@ uint32_t modcam_copy_crc32c(void *dst, const void *src, size_t len);
 void modcam_stream_copy(void *dst, const void *src, size_t len);
 /* Table implementation, always available (tests compare against it). */
 uint32_t modcam_crc32c_portable(uint32_t crc, const void *data, size_t len);
+/* Tests only: force an implementation (the three give the same results).
+ * Returns 0, or -ENOTSUP if this CPU lacks it. Not thread-safe. */
+enum modcam_crc32c_impl {
+    MODCAM_CRC32C_IMPL_AUTO = 0,
+    MODCAM_CRC32C_IMPL_PORTABLE = 1,
+    MODCAM_CRC32C_IMPL_SSE42 = 2, /* crc32 instruction, 3 streams; AVX2 streaming copy */
+    MODCAM_CRC32C_IMPL_FOLD = 3,  /* VPCLMULQDQ folding */
+};
+int modcam_crc32c_set_impl(int impl);
 /* Store fence after streaming stores (a no-op where they are not used). */
 void modcam_store_fence(void);
 

@@ -191,6 +191,7 @@ struct modcam_ring_stats {
     uint64_t skipped_invalid;
     uint64_t skipped_crc;
     uint64_t sequence_gaps; /* frames never seen: sum of gaps in sequence */
+    uint64_t sequence_resyncs; /* frames whose number did not follow: numbering restarted */
     uint64_t last_sequence;
     uint64_t head;
     uint64_t tail;

@@ -226,9 +226,14 @@ static void note_skip(modcam_ring_consumer *c, int reason, const struct modcam_f
     else
         c->st.skipped_invalid++;
     c->r->skipped++;
-    /* A torn or corrupt frame still had a trustworthy place in the sequence
-     * only if its header checked out; an invalid header's number is noise. */
-    if (reason != MODCAM_SKIP_INVALID && (!c->have_seq || follows(h->sequence, c->st.last_sequence))) {
+    /* A skipped frame keeps its place in the sequence only if the rest of its
+     * header checked out: its payload failed the CRC, or a crashed producer
+     * left it (ABORTED or WRITING at the right position). Any other header
+     * is noise, and a noisy sequence number must not move last_sequence. */
+    int trusted = reason == MODCAM_SKIP_CRC ||
+                  (reason == MODCAM_SKIP_TORN && h->position == c->tail &&
+                   (h->state == MODCAM_SLOT_ABORTED || h->state == MODCAM_SLOT_WRITING));
+    if (trusted && (!c->have_seq || follows(h->sequence, c->st.last_sequence))) {
         if (c->have_seq)
             c->st.sequence_gaps += h->sequence - c->st.last_sequence - 1;
         c->st.last_sequence = h->sequence;
@@ -246,8 +251,13 @@ static int inspect(modcam_ring_consumer *c, struct modcam_frame_header *h, const
     if (reason != MODCAM_SKIP_NONE)
         return reason;
     if (c->have_seq && !follows(h->sequence, c->st.last_sequence)) {
-        fmt(c->skip, sizeof(c->skip), "frame %" PRIu64 " does not follow frame %" PRIu64,
-            h->sequence, c->st.last_sequence);
+        /* The producer's numbering went back (a producer that re-created the
+         * region) or last_sequence was poisoned: skip this one frame and
+         * follow the new numbering, so one bad number costs one frame. */
+        fmt(c->skip, sizeof(c->skip), "frame %" PRIu64 " does not follow frame %" PRIu64
+            "; numbering resynchronised", h->sequence, c->st.last_sequence);
+        c->st.last_sequence = h->sequence;
+        c->st.sequence_resyncs++;
         return MODCAM_SKIP_INVALID;
     }
     *payload = slot + MODCAM_RING_PAGE;

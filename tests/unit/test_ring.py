@@ -252,6 +252,47 @@ def test_producer_killed_mid_write_is_recognised_after_recovery(tmp_path):
     p.close()
 
 
+def _slot_header(p, index):
+    r = p.region
+    return ffi.cast("struct modcam_frame_header *",
+                    ffi.cast("uint8_t *", r) + r.slots_offset + index * r.slot_size)
+
+
+def test_garbage_slot_with_a_wild_sequence_does_not_stall_delivery(ring):
+    p, c = ring
+    fi = info()
+    p.write(fi, payload_for(fi, 1))
+    p.write(fi, payload_for(fi, 2))
+    h = _slot_header(p, 1)
+    h.state = 5                             # neither committed nor aborted: noise
+    h.sequence = 2**40
+    p.write(fi, payload_for(fi, 3))
+    seqs = []
+    while (f := c.acquire(timeout=0)) is not None:
+        with f:
+            seqs.append(f.header.sequence)
+    assert seqs == [0, 2], "frames after the garbage slot are still delivered"
+    assert c.stats.skipped_torn == 1 and c.stats.last_sequence == 2
+
+
+def test_numbering_that_restarts_costs_one_frame_and_resynchronises(ring):
+    p, c = ring
+    fi = info()
+    for s in range(2):
+        p.write(fi, payload_for(fi, s))
+    p.region.next_sequence = 0              # a producer that started counting again
+    for s in range(2):
+        p.write(fi, payload_for(fi, 10 + s))
+    seqs = []
+    while (f := c.acquire(timeout=0)) is not None:
+        with f:
+            seqs.append(f.header.sequence)
+    assert seqs == [0, 1, 1]
+    st = c.stats
+    assert st.sequence_resyncs == 1 and st.skipped_invalid == 1
+    assert "resynchronised" in c.last_skip
+
+
 def test_indices_corrupted_while_in_use_raise_ring_corrupt(ring):
     p, c = ring
     p.region.head = p.region.tail + 1000
@@ -376,7 +417,17 @@ def test_memfd_region_is_sealed_against_shrinking():
 
 # ---- CRC32C ----
 
-def test_crc32c_known_answer_and_paths_agree():
+@pytest.fixture(params=["AUTO", "PORTABLE", "SSE42", "FOLD"])
+def crc_impl(request):
+    rc = lib.modcam_crc32c_set_impl(getattr(lib, f"MODCAM_CRC32C_IMPL_{request.param}"))
+    if rc == -95:  # ENOTSUP: this CPU has no such unit; the others still run
+        pytest.skip(f"this CPU cannot run the {request.param} CRC32C path")
+    assert rc == 0
+    yield request.param
+    lib.modcam_crc32c_set_impl(lib.MODCAM_CRC32C_IMPL_AUTO)
+
+
+def test_crc32c_known_answer_and_paths_agree(crc_impl):
     check = b"123456789"
     assert lib.modcam_crc32c(0, check, 9) == 0xE3069283  # the standard check value
     assert lib.modcam_crc32c_portable(0, check, 9) == 0xE3069283

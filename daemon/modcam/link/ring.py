@@ -134,6 +134,7 @@ class RingStats:
     skipped_invalid: int
     skipped_crc: int
     sequence_gaps: int
+    sequence_resyncs: int
     last_sequence: int
     head: int
     tail: int
