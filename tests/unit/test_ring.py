@@ -1,5 +1,6 @@
 """Deterministic, step-by-step tests of the frame ring (native/modcam_ring*)
 through its Python face. Also run against the ASan/UBSan build (`make test-asan`)."""
+import errno
 import os
 import select
 import threading
@@ -420,7 +421,7 @@ def test_memfd_region_is_sealed_against_shrinking():
 @pytest.fixture(params=["AUTO", "PORTABLE", "SSE42", "FOLD"])
 def crc_impl(request):
     rc = lib.modcam_crc32c_set_impl(getattr(lib, f"MODCAM_CRC32C_IMPL_{request.param}"))
-    if rc == -95:  # ENOTSUP: this CPU has no such unit; the others still run
+    if rc == -errno.ENOTSUP:  # this CPU has no such unit; the others still run
         pytest.skip(f"this CPU cannot run the {request.param} CRC32C path")
     assert rc == 0
     yield request.param

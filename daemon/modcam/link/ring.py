@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import math
 import os
 import sys
@@ -201,7 +202,8 @@ class Producer:
         if rc < 0:
             os.close(fd)
             raise RegionInvalid("cannot take over the ring region: it is not a valid modcam ring"
-                                if rc == -71 else f"cannot take over the ring region: {os.strerror(-rc)}")
+                                if rc == -errno.EPROTO
+                                else f"cannot take over the ring region: {os.strerror(-rc)}")
         return cls(out[0], fd)
 
     def set_doorbell(self, fd: int | None) -> None:
@@ -212,9 +214,9 @@ class Producer:
         """Copy a frame in and publish it. False if the ring was full (frame dropped, counted)."""
         buf = ffi.from_buffer(payload)
         rc = lib.modcam_ring_producer_write(self._live(), info.to_c(), buf, len(buf))
-        if rc == -28:  # ENOSPC: drop-newest
+        if rc == -errno.ENOSPC:  # ring full: the newest frame was dropped and counted
             return False
-        if rc == -22:
+        if rc == -errno.EINVAL:
             raise ValueError(f"frame {info.width}x{info.height} stride {info.stride} does not "
                              f"match a {len(buf)}-byte payload or exceeds the slot")
         _check(rc, "cannot write a frame")
@@ -226,7 +228,7 @@ class Producer:
         ptr = ffi.new("void **")
         cap = ffi.new("uint64_t *")
         rc = lib.modcam_ring_producer_begin(self._live(), ptr, cap)
-        if rc == -28:
+        if rc == -errno.ENOSPC:
             return None
         _check(rc, "cannot begin a frame")
         return np.frombuffer(ffi.buffer(ptr[0], cap[0]), dtype=np.uint8)
@@ -237,7 +239,7 @@ class Producer:
             rc = lib.modcam_ring_producer_commit(self._live(), info.to_c(), length)
         else:
             rc = lib.modcam_ring_producer_commit_faulty(self._live(), info.to_c(), length, fault)
-        if rc == -22:
+        if rc == -errno.EINVAL:
             raise ValueError("commit without begin, or a header that does not match the length")
         _check(rc, "cannot commit a frame")
 
@@ -362,9 +364,9 @@ class Consumer:
             raise LeaseError(f"frame {self._frame.header.sequence} is still leased; release it first")
         ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
         rc = lib.modcam_ring_consumer_acquire(self._live(), self._hdr, self._ptr, ms)
-        if rc == -11:  # EAGAIN
+        if rc == -errno.EAGAIN:  # timed out
             return None
-        if rc == -71:  # EPROTO
+        if rc == -errno.EPROTO:
             raise RingCorrupt(ffi.string(lib.modcam_ring_consumer_error(self._c)).decode())
         _check(rc, "cannot acquire a frame")
         self._frame = Frame(self, FrameHeader.from_c(self._hdr), self._ptr[0])
