@@ -40,6 +40,7 @@ ffibuilder.set_source(
     include_dirs=[str(HERE)],
     extra_compile_args=_cflags,
     extra_link_args=_ldflags,
+    libraries=["jpeg"],
 )
 
 if __name__ == "__main__":

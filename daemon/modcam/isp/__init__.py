@@ -1,0 +1,1 @@
+"""The host-side ISP: RAW frames to pictures, strip by strip (see DESIGN.md)."""
