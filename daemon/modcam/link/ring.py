@@ -173,8 +173,7 @@ class Producer:
 
     def __init__(self, handle, fd: int):
         self._p = handle
-        self._fd = fd
-        self.region_fd = fd
+        self.region_fd = fd  # ours: hand it to the consumer (inherit, SCM_RIGHTS, or its path)
 
     @classmethod
     def create(cls, slot_count: int, max_payload: int, path=None) -> Producer:
@@ -272,7 +271,7 @@ class Producer:
         if self._p is not None:
             lib.modcam_ring_producer_destroy(self._p)
             self._p = None
-            os.close(self._fd)
+            os.close(self.region_fd)
 
     def __enter__(self):
         return self
