@@ -20,12 +20,9 @@ import operator
 
 import numpy as np
 
-try:  # a sanitizer build of the extension, when present, takes precedence
-    from modcam.native import ffi, lib
-except ModuleNotFoundError as exc:
-    if exc.name != "modcam.native":
-        raise
-    from modcam._native import ffi, lib
+from modcam.arrays import check_rows, row_stride
+
+from modcam.native import ffi, lib  # or its sanitizer build (MODCAM_NATIVE_DIR)
 
 __all__ = ["packed_stride", "unpack", "pack", "implementation"]
 
@@ -57,7 +54,7 @@ def unpack(packed: np.ndarray, width: int, out: np.ndarray | None = None,
     if packed.shape[1] < packed_stride(width):
         raise ValueError(f"packed rows hold {packed.shape[1]} bytes, fewer than the "
                          f"{packed_stride(width)} that {width} pixels need")
-    r0, r1 = _check_rows(rows, packed.shape[0])
+    r0, r1 = check_rows(rows, packed.shape[0])
     n = r1 - r0
     if out is None:
         out = np.empty((n, width), np.uint16)
@@ -65,8 +62,8 @@ def unpack(packed: np.ndarray, width: int, out: np.ndarray | None = None,
         _check_out(out, "out", np.uint16, (n, width), f"unpacking rows {r0}..{r1}")
     if n:
         _call(lib.modcam_raw12_unpack,
-              _address(packed, r0), _row_stride(packed),
-              _address(out, 0), _row_stride(out) // 2, width, n)
+              _address(packed, r0), row_stride(packed),
+              _address(out, 0), row_stride(out) // 2, width, n)
     return out
 
 
@@ -82,7 +79,7 @@ def pack(pixels: np.ndarray, out: np.ndarray | None = None, stride: int | None =
     """
     _check_array(pixels, "pixels", np.uint16)
     width = _check_width(pixels.shape[1])
-    r0, r1 = _check_rows(rows, pixels.shape[0])
+    r0, r1 = check_rows(rows, pixels.shape[0])
     n = r1 - r0
     if stride is None:
         stride = out.shape[1] if isinstance(out, np.ndarray) and out.ndim == 2 else packed_stride(width)
@@ -97,8 +94,8 @@ def pack(pixels: np.ndarray, out: np.ndarray | None = None, stride: int | None =
         _check_out(out, "out", np.uint8, (n, stride), f"packing rows {r0}..{r1}")
     if n:
         _call(lib.modcam_raw12_pack,
-              _address(pixels, r0), _row_stride(pixels) // 2,
-              _address(out, 0), _row_stride(out), width, n)
+              _address(pixels, r0), row_stride(pixels) // 2,
+              _address(out, 0), row_stride(out), width, n)
     return out
 
 
@@ -141,23 +138,10 @@ def _check_out(out, name: str, dtype, shape: tuple[int, int], doing: str) -> Non
         raise ValueError(f"{name} is read-only")
 
 
-def _check_rows(rows, height: int) -> tuple[int, int]:
-    if rows is None:
-        return 0, height
-    try:
-        r0, r1 = (operator.index(r) for r in rows)
-    except (TypeError, ValueError):
-        raise ValueError(f"rows must be a pair of integers (start, stop), not {rows!r}") from None
-    if not 0 <= r0 <= r1 <= height:
-        raise ValueError(f"rows ({r0}, {r1}) is not a range within the image's {height} rows")
-    return r0, r1
 
 
 # ---- the C call ----
 
-def _row_stride(a: np.ndarray) -> int:
-    """Bytes from one row to the next; a single row's stride is just its length."""
-    return a.strides[0] if a.shape[0] > 1 else a.shape[1] * a.itemsize
 
 
 def _address(a: np.ndarray, row: int) -> int:

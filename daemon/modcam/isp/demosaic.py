@@ -31,12 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-try:  # a sanitizer build of the extension, when present, takes precedence
-    from modcam.native import ffi, lib
-except ModuleNotFoundError as exc:
-    if exc.name != "modcam.native":
-        raise
-    from modcam._native import ffi, lib
+from modcam.arrays import check_rows, row_stride
+
+from modcam.native import ffi, lib  # or its sanitizer build (MODCAM_NATIVE_DIR)
 
 __all__ = ["demosaic", "PATTERNS", "METHODS", "implementation"]
 
@@ -83,7 +80,7 @@ def demosaic(cfa: np.ndarray, pattern: str = "RGGB", method: str = "high",
     code = _check_choice(pattern, PATTERNS, "pattern", str.upper)
     meth = _check_choice(method, METHODS, "method", str.lower)
     height, width = cfa.shape
-    r0, r1 = _check_rows(rows, height)
+    r0, r1 = check_rows(rows, height)
     threads = _check_threads(threads)
     shape = (r1 - r0, width, 3)
     if out is None:
@@ -148,17 +145,14 @@ def _strip(cfa, code, meth, out, r0, a, b):
     height, width = cfa.shape
     src = ffi.cast("const uint16_t *", cfa.__array_interface__["data"][0])
     dst = ffi.cast("uint16_t *", out.__array_interface__["data"][0] + (a - r0) * out.strides[0])
-    err = lib.modcam_demosaic(src, _row_stride(cfa) // 2, width, height, code, meth,
-                              a, b, dst, _row_stride(out) // 2)
+    err = lib.modcam_demosaic(src, row_stride(cfa) // 2, width, height, code, meth,
+                              a, b, dst, row_stride(out) // 2)
     if err == -errno.ENOMEM:  # the high method's ~370 KiB of scratch
         raise MemoryError("demosaic could not allocate its scratch rows")
     if err:  # unreachable after the checks, unless they and C disagree
         raise ValueError(f"modcam_demosaic rejected its arguments (error {err})")
 
 
-def _row_stride(a: np.ndarray) -> int:
-    """Bytes from one row to the next; a single row's stride is just its length."""
-    return a.strides[0] if a.shape[0] > 1 else a[0].nbytes
 
 
 # ---- checks: every message names the argument and what was expected ----
@@ -192,16 +186,6 @@ def _check_choice(value, table: dict, name: str, normalise):
     raise ValueError(f"{name} must be one of {', '.join(map(repr, table))}, not {value!r}")
 
 
-def _check_rows(rows, height: int) -> tuple[int, int]:
-    if rows is None:
-        return 0, height
-    try:
-        r0, r1 = (operator.index(r) for r in rows)
-    except (TypeError, ValueError):
-        raise ValueError(f"rows must be a pair of integers (start, stop), not {rows!r}") from None
-    if not 0 <= r0 <= r1 <= height:
-        raise ValueError(f"rows ({r0}, {r1}) is not a range within the image's {height} rows")
-    return r0, r1
 
 
 def _check_threads(threads) -> int:
