@@ -38,3 +38,15 @@ PROP_ID_REVISION = "ID_REVISION"       # firmware version, for tools
 # Version of the control protocol spoken on MODCAM_CONTROL.  A daemon ignores
 # (and logs) a module whose MODCAM_PROTOCOL it does not know.
 PROTOCOL_VERSION = 1
+
+# --- D-Bus ------------------------------------------------------------------
+# The contract is dbus/*.xml (one file per interface, a <doc> on every member);
+# these are its names. Versioned: change only by adding.
+BUS_NAME = "org.modcam.Camera1"
+MANAGER_PATH = "/org/modcam/Camera1"
+MODULES_PATH = "/org/modcam/Camera1/modules"   # + "/" + object id from the serial
+MANAGER_INTERFACE = "org.modcam.Camera1.Manager"
+MODULE_INTERFACE = "org.modcam.Camera1.Module"
+ERROR_PREFIX = "org.modcam.Camera1.Error."
+ERRORS = ("NotReady", "Removed", "Busy", "InvalidArgument", "PermissionDenied", "Timeout",
+          "Failed")
