@@ -73,7 +73,12 @@ test: setup asan fuzz-ci
 	$(PYTEST)
 	$(MAKE) --no-print-directory test-asan
 
-bench: setup
+# Peers (OpenCV, colour-demosaicing, rawpy) are only for the benchmarks.
+$(VENV)/.stamp-bench: pyproject.toml | $(VENV)/.stamp-deps
+	@$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $@
+
+bench: setup $(VENV)/.stamp-bench
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b $(BENCH_ARGS) || exit 1; done
 
 demo:
