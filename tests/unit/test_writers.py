@@ -391,10 +391,19 @@ def test_dng_from_views_byte_order_and_calibration_argument(tmp_path, meta, cali
     write_dng(reference, np.ascontiguousarray(cfa[:, 2:98]), meta)
     write_dng(tmp_path / "view.dng", cfa[:, 2:98], meta)                    # strided rows
     write_dng(tmp_path / "be.dng", cfa[:, 2:98].astype(">u2"), meta)       # big-endian
-    bare = replace(meta, colour_matrix=None, black_level=0)
-    write_dng(tmp_path / "cal.dng", cfa[:, 2:98], bare, calibration)         # as the issue says
-    for name in ("view.dng", "be.dng", "cal.dng"):
+    for name in ("view.dng", "be.dng"):
         assert (tmp_path / name).read_bytes() == reference.read_bytes(), name
+    # With the calibration argument (as the issue says) the levels and matrix come
+    # from it, and it is embedded whole for re-developing (DNGPrivateData).
+    from modcam.isp.dng_reader import read_dng
+    bare = replace(meta, colour_matrix=None, black_level=0)
+    write_dng(tmp_path / "cal.dng", cfa[:, 2:98], bare, calibration)
+    back = read_dng(tmp_path / "cal.dng")
+    assert back.calibration == calibration
+    assert np.array_equal(back.cfa, cfa[:, 2:98])
+    assert back.meta.colour_matrix == meta.colour_matrix
+    assert back.meta.black_level == meta.black_level
+    assert exiftool_validate(tmp_path / "cal.dng") == ["OK"]
 
 
 def test_dng_to_a_pipe_equals_the_file(tmp_path, meta):

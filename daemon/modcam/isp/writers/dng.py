@@ -58,7 +58,26 @@ def _rationals(values, denominator: int) -> tuple:
                  for v in (int(round(float(x) * denominator)), denominator))
 
 
-def _dng_tags(meta: PictureMeta, exif_offset: int) -> list:
+PRIVATE_MAGIC = b"modcam\0"   # DNGPrivateData starts with the maker's name (DNG 1.4, 50740)
+PRIVATE_VERSION = 1
+
+
+def private_data(meta: PictureMeta, calibration) -> bytes:
+    """DNGPrivateData: what re-developing the file needs beyond the standard
+    tags. Layout (docs/formats.md): "modcam\\0", u32 version, u32 JSON length,
+    JSON (readout mode, lens position, firmware), then the module's calibration
+    EEPROM blob (modcam.calibration format) to the end."""
+    import json
+    import struct
+
+    from modcam.calibration import encode
+
+    info = json.dumps({"readout_mode": meta.readout_mode, "lens_position": meta.lens_position,
+                       "firmware": meta.firmware}).encode()
+    return PRIVATE_MAGIC + struct.pack("<II", PRIVATE_VERSION, len(info)) + info + encode(calibration)
+
+
+def _dng_tags(meta: PictureMeta, exif_offset: int, private: bytes = b"") -> list:
     """IFD0 tags beyond the image structure tifffile writes, as tifffile
     extratags (code, type, count, value, writeonce)."""
     lo, hi = meta.aperture_range
@@ -82,6 +101,8 @@ def _dng_tags(meta: PictureMeta, exif_offset: int) -> list:
         (50736, 5, 4, _rationals((f, f, lo, hi), 100)),           # LensInfo
         (50778, 3, 1, _D65),                                      # CalibrationIlluminant1
     ]
+    if private:
+        tags.append((50740, 1, len(private), private))            # DNGPrivateData
     zeroth = exif_fields(meta, rendered=False)["0th"]    # Make, Model, Orientation, ...
     for code, value in zeroth.items():
         kind = tag_type("Image", code)
@@ -144,20 +165,24 @@ def write_dng(target, cfa: np.ndarray, meta: PictureMeta, calibration=None) -> i
     """Write the 2-D uint16 CFA frame `cfa` (12-bit values as read out) as a
     DNG to `target` (a path, written atomically, or an fd). `calibration`
     (modcam.calibration.Calibration), when given, supplies black level, white
-    level and colour matrix; otherwise `meta` must carry them (see
-    PictureMeta.from_calibration). Returns the bytes written."""
+    level and colour matrix and is embedded whole as DNGPrivateData, so that
+    `modcamctl develop` can re-develop the file exactly (shading, defects);
+    otherwise `meta` must carry them (see PictureMeta.from_calibration).
+    Returns the bytes written."""
+    private = b""
     if calibration is not None:
         meta = meta.with_calibration(calibration)
+        private = private_data(meta, calibration)
     _check_cfa(cfa)
     if meta.colour_matrix is None:
         raise ValueError("a DNG needs the module's colour matrix: build the metadata with "
                          "PictureMeta.from_calibration() or pass the calibration")
     exif_fields_ = exif_fields(meta, rendered=False)["Exif"]
-    _, offset = _layout(cfa.shape, _dng_tags(meta, 0))
+    _, offset = _layout(cfa.shape, _dng_tags(meta, 0, private))
     exif_offset = offset + cfa.nbytes            # even: 2-byte samples
     if exif_offset > 2**32 - 2**16:              # classic TIFF offsets are 32-bit
         raise ValueError(f"a {cfa.shape[1]}x{cfa.shape[0]} frame is too large for a DNG")
-    header, offset2 = _layout(cfa.shape, _dng_tags(meta, exif_offset))
+    header, offset2 = _layout(cfa.shape, _dng_tags(meta, exif_offset, private))
     if offset2 != offset:                        # the pointer's value cannot move the layout
         raise RuntimeError("the DNG layout changed between passes")
     with Output(target, "the DNG") as out:
