@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from modcam import calibration
-from modcam.isp import aaa, stats
+from modcam.isp import aaa, pipeline, stats
 from modcam.virtual import colour, optics, render, scene
 from modcam.virtual import sensor_model as sm
 
@@ -261,17 +261,21 @@ def test_awb_neutralises_the_grey_patches(seed, illuminant):
     frame = renderer.frame_source(s, seed).frame(0)
     awb = aaa.AutoWhiteBalance(CAL.matrix())
     gains = np.array(awb.update(stats.StatsEngine(CAL, MODE).compute(frame, s.f_number)))
-    print(f"AWB {illuminant}: gains {np.round(gains, 4)}")
+    # Native-neutral gains (DNG convention): 1 / the scene white, G = 1.
+    ideal = (1.0 / white) / (1.0 / white[1])
+    print(f"AWB {illuminant}: gains {np.round(gains, 4)}, ideal {np.round(ideal, 4)}")
+    assert np.allclose(gains / ideal, 1.0, atol=0.02)
     if illuminant == "D65":
-        assert np.allclose(gains, 1.0, atol=0.02)
+        w_d65 = np.linalg.solve(CAL.matrix(), np.ones(3))
+        assert np.allclose(gains * w_d65 / w_d65[1], 1.0, atol=0.02)
+    # Developed as the pipeline does (white-balanced matrix after the gains).
     # The reference is a perfect AWB (gains from the true illuminant): a
     # diagonal balance cannot restore a slightly tinted patch ("white 9.5"
     # has b* = 2.9) exactly under 3000 K, and that is not AWB's error.
-    w_d65 = np.linalg.solve(CAL.matrix(), np.ones(3))
-    ideal = (w_d65 / white) / (w_d65[1] / white[1])
+    m_wb = pipeline.white_balanced_matrix(CAL.matrix())
     for name in GREYS:
         native = patch_native(renderer, s, sc.regions[name])
-        out, truth = CAL.matrix() @ (gains * native), CAL.matrix() @ (ideal * native)
+        out, truth = m_wb @ (gains * native), m_wb @ (ideal * native)
         ratio = (out / out[1]) / (truth / truth[1])
         print(f"  {name}: R/G {ratio[0]:.4f} B/G {ratio[2]:.4f} of a perfect balance")
         assert abs(ratio[0] - 1) < 0.02 and abs(ratio[2] - 1) < 0.02, name
@@ -280,4 +284,9 @@ def test_awb_neutralises_the_grey_patches(seed, illuminant):
 def test_awb_keeps_its_gains_without_usable_zones():
     awb = aaa.AutoWhiteBalance(CAL.matrix())
     empty = stats.Stats(1.0, np.zeros(64), 1.0, np.zeros((0, 3), np.float32), 100)
-    assert awb.update(empty) == pytest.approx((1.0, 1.0, 1.0))
+    # until a frame says otherwise: the unit's D65 balance, 1 / w_D65 (G = 1)
+    w_d65 = np.linalg.solve(CAL.matrix(), np.ones(3))
+    d65_gains = tuple(w_d65[1] / w_d65)
+    assert awb.gains == pytest.approx(d65_gains)
+    assert awb.update(empty) == pytest.approx(d65_gains)
+    assert aaa.AutoWhiteBalance().update(empty) == pytest.approx((1.0, 1.0, 1.0))

@@ -126,11 +126,17 @@ def test_colour_matrix_on_a_known_colour():
     cfa[0::2, 0::2], cfa[0::2, 1::2], cfa[1::2, 0::2], cfa[1::2, 1::2] = lv[0], lv[1], lv[1], lv[2]
     out = develop(cfa, meta(), flat_cal(), DevelopOptions(wb_gains=wb))
     camera = (lv - BLACK) / (WHITE - BLACK) * np.array(wb)
-    expected = srgb8(white_balanced_matrix(CAL.matrix()) @ camera)
+    expected = srgb8(white_balanced_matrix(CAL.matrix(), wb) @ camera)
     assert np.abs(out[8:-8, 8:-8].astype(int) - expected).max() <= 1
-    # and the matrix keeps a white-balanced neutral neutral
-    m = white_balanced_matrix(CAL.matrix())
-    np.testing.assert_allclose(m @ np.ones(3), np.ones(3), atol=1e-9)
+    # and the matrix keeps a white-balanced neutral neutral, for any balance
+    for gains in (None, wb, (1.0, 1.0, 1.0)):
+        m = white_balanced_matrix(CAL.matrix(), gains)
+        np.testing.assert_allclose(m @ np.ones(3), np.ones(3), atol=1e-9)
+    # under D65 it is the calibration matrix on the un-balanced camera RGB
+    # (scaled so the D65 white normalised to G = 1 maps to (1, 1, 1))
+    w = np.linalg.solve(CAL.matrix(), np.ones(3))
+    np.testing.assert_allclose(white_balanced_matrix(CAL.matrix(), w[1] / w) @ (native * w[1] / w),
+                               w[1] * (CAL.matrix() @ native), atol=1e-9)
 
 
 def test_defects_from_calibration_are_corrected():

@@ -16,10 +16,13 @@ frames rendered by the virtual module.
     awb = AutoWhiteBalance(calibration.matrix())
     r_gain, g_gain, b_gain = awb.update(stats)
 
-White-balance gains follow docs/virtual-module.md: they multiply the
-black-subtracted native raw before the calibration matrix (which includes the
-D65 balance), so they are `w_D65 / w_scene` (G = 1) and (1, 1, 1) under D65.
-Without a matrix they are `1 / w_scene`: native grey becomes R = G = B.
+White-balance gains follow docs/virtual-module.md and the DNG/LibRaw
+convention: per-channel multipliers on the black-subtracted native raw that
+make the scene illuminant's white neutral (R = G = B) in native space, so
+they are `1 / w_scene` normalised to G = 1 (= 1 / AsShotNeutral), e.g. about
+(2.5, 1, 1.66) under D65 for this sensor. isp.pipeline then maps native
+neutral to sRGB neutral (white_balanced_matrix); the calibration matrix only
+serves AWB as its starting estimate (the unit's D65 white).
 """
 from __future__ import annotations
 
@@ -299,24 +302,30 @@ class AutoWhiteBalance:
     MIN_ZONES_PER_OCTAVE = 4
 
     def __init__(self, calibration_matrix=None, min_zones: int = 20, speed: float = 1.0):
+        # Starting estimate of the native white: the unit's D65 white (from
+        # the calibration matrix) if given, else native grey (1, 1, 1).
         self.reference = np.ones(3)
         if calibration_matrix is not None:
             w = np.linalg.solve(np.asarray(calibration_matrix, np.float64), np.ones(3))
             self.reference = w / w[1]     # the unit's D65 white, native, G = 1
         self.min_zones, self.speed = min_zones, speed
         self.neutral = self.reference.copy()      # estimated native white, G = 1
-        self.gains = (1.0, 1.0, 1.0)
+        self.gains = self._gains()
+
+    def _gains(self) -> tuple[float, float, float]:
+        g = 1.0 / self.neutral
+        return tuple(float(v) for v in g / g[1])
 
     def update(self, stats) -> tuple[float, float, float]:
-        """(R, G, B) gains for this frame's scene; unchanged if it has too few
-        usable zones (a dark or saturated frame)."""
+        """(R, G, B) native-neutral gains (1 / scene white, G = 1) for this
+        frame's scene; unchanged if it has too few usable zones (a dark or
+        saturated frame)."""
         estimate = self.estimate(stats.rgb)
         if estimate is not None:
             # move in log space: a fraction `speed` of the way per frame
             log_new = np.log(estimate) * self.speed + np.log(self.neutral) * (1.0 - self.speed)
             self.neutral = np.exp(log_new)
-        g = self.reference / self.neutral
-        self.gains = tuple(float(v) for v in g / g[1])
+        self.gains = self._gains()
         return self.gains
 
     def estimate(self, rgb: np.ndarray) -> np.ndarray | None:

@@ -21,10 +21,15 @@ while the calling thread hands finished strips to the sink in order (the
 JPEG encoder releases the GIL too). A fixed pool of threads + 2 strip slots
 is reused, so memory is bounded by the slots, not the frame.
 
-Colour: white-balanced camera RGB goes through M_wb = M . diag(n) / s where M
-is the calibration's native -> linear sRGB matrix, n its D65 native white
-(G = 1) and s the rows' common sum, so a neutral after white balance stays
-neutral and full scale maps to (1, 1, 1) (highlights clip to white).
+Colour: white-balanced camera RGB (gains = 1 / n, n the scene's native
+white, G = 1: the DNG convention) goes through
+M_wb = diag(1 / (M . n)) . M . diag(n), where M is the calibration's
+native -> linear sRGB matrix: undo the gains, convert with M, then adapt the
+white (M . n in linear sRGB) to D65 per sRGB primary. A neutral after white
+balance stays neutral and full scale maps to (1, 1, 1) (highlights clip to
+white). Under D65 (n = the unit's D65 white, M . n = (1, 1, 1)) this is
+M . diag(n); under other light the adaptation happens after the matrix, not
+in camera space, whose primaries are not the sRGB ones.
 """
 from __future__ import annotations
 
@@ -59,13 +64,20 @@ def srgb_lut() -> np.ndarray:
     return _LUT
 
 
-def white_balanced_matrix(matrix) -> np.ndarray:
-    """M_wb (see the module docstring): for white-balanced camera RGB."""
+def white_balanced_matrix(matrix, wb_gains=None) -> np.ndarray:
+    """M_wb (see the module docstring): for camera RGB white-balanced with
+    `wb_gains` (R, G, B); None = the calibration's D65 balance."""
     m = np.asarray(matrix, np.float64)
-    n = np.linalg.solve(m, np.ones(3))
+    if wb_gains is None:
+        n = np.linalg.solve(m, np.ones(3))
+    else:
+        n = 1.0 / np.asarray(wb_gains, np.float64)
     n = n / n[1]
-    mw = m * n[None, :]
-    return mw / mw.sum(axis=1).mean()
+    white = m @ n                       # the scene white in linear sRGB
+    if not (white > 0).all():
+        raise ValueError(f"white balance {tuple(wb_gains)} makes a white outside the "
+                         "calibration's sRGB gamut")
+    return (m * n[None, :]) / white[:, None]
 
 
 class _Plan:
@@ -122,7 +134,8 @@ class _Plan:
         self.grid_y = ((offset + scale * (y0 + np.arange(self.height) + 0.5) / span_h)
                        * (self.grid_rows - 1)).astype(np.float32)
         self.defects = _defects(cal, mode, self.width, self.height, x0, y0)
-        self.matrix = np.ascontiguousarray(white_balanced_matrix(cal.matrix()), np.float32).ravel()
+        self.matrix = np.ascontiguousarray(white_balanced_matrix(cal.matrix(), wb),
+                                           np.float32).ravel()
         self.lut = srgb_lut()
         self.denoise = opts.denoise_strength(float(getattr(meta, "analogue_gain", 1.0)))
         self.sharpen = float(opts.sharpen)
