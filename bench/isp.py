@@ -118,10 +118,12 @@ def picture_meta(mode):
     from modcam.isp.writers import PictureMeta
 
     cal = virtual_calibration(SERIAL)
+    white = np.linalg.solve(cal.matrix(), np.ones(3))   # the unit's native D65 white
     return cal, PictureMeta.from_calibration(
         cal, make="modcam", model="Virtual", firmware="1.0", exposure_us=10000,
         analogue_gain=1.0, aperture=2.8, lens_position=1 / 1.2,
-        timestamp=datetime.now(timezone.utc), readout_mode=mode)
+        timestamp=datetime.now(timezone.utc), readout_mode=mode,
+        wb_gains=tuple(float(white[1] / w) for w in white))   # the scene is lit by D65
 
 
 def develop_speed(tmp, reps):

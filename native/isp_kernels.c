@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* GCC builds each hot loop for AVX2 and the baseline and picks one at load
  * time (ifunc); elsewhere the portable build alone. */
@@ -165,5 +166,86 @@ int modcam_isp_finish(const uint8_t *rgb, size_t stride, uint32_t width, uint32_
                    width, sharpen, denoise, col, out + (size_t)(i - skip) * out_stride);
     }
     free(col);
+    return 0;
+}
+
+/* ---- dynamic defective-pixel detection (modcam_isp_dpc) ---- */
+
+static inline uint32_t max4(uint32_t a, uint32_t b, uint32_t c, uint32_t d)
+{
+    uint32_t x = a > b ? a : b, y = c > d ? c : d;
+    return x > y ? x : y;
+}
+
+static inline uint32_t min4(uint32_t a, uint32_t b, uint32_t c, uint32_t d)
+{
+    uint32_t x = a < b ? a : b, y = c < d ? c : d;
+    return x < y ? x : y;
+}
+
+/* One row: decisions from rows y-2..y+2 as they were before any correction
+ * (rows[0..4]), corrections written into `out`. A defect must stand out from
+ * its eight same-colour neighbours and also from its four adjacent pixels of
+ * other colours: a real highlight or dark spot of two pixels or more lights
+ * (or darkens) those too, an isolated defect does not. Returns pixels fixed. */
+static uint32_t dpc_row(const uint16_t *const rows[5], uint16_t *out, uint32_t width,
+                        uint32_t t_abs)
+{
+    const uint16_t *up = rows[0], *up1 = rows[1], *mid = rows[2], *dn1 = rows[3], *down = rows[4];
+    uint32_t n = 0;
+    for (uint32_t x = 2; x + 2 < width; x++) {
+        uint32_t v = mid[x], l = mid[x - 2], r = mid[x + 2];
+        /* Necessary conditions on the row alone reject almost every pixel:
+         * hot needs v > max(l, r) + t_abs, dead needs v < min(l, r) / 4 with
+         * min(l, r) > 4 t_abs. */
+        uint32_t lr_max = l > r ? l : r, lr_min = l < r ? l : r;
+        if (__builtin_expect(v <= lr_max + t_abs && (lr_min <= 4 * t_abs || 4 * v >= lr_min), 1))
+            continue;
+        uint32_t u = up[x], d = down[x];
+        uint32_t axial_max = max4(l, r, u, d), axial_min = min4(l, r, u, d);
+        uint32_t mx = max4(axial_max, up[x - 2], up[x + 2], max4(down[x - 2], down[x + 2], 0, 0));
+        uint32_t mn = min4(axial_min, up[x - 2], up[x + 2],
+                           min4(down[x - 2], down[x + 2], 65535, 65535));
+        uint32_t near_max = max4(mid[x - 1], mid[x + 1], up1[x], dn1[x]);
+        uint32_t near_min = min4(mid[x - 1], mid[x + 1], up1[x], dn1[x]);
+        uint32_t top = mx > near_max ? mx : near_max, bottom = mn < near_min ? mn : near_min;
+        uint32_t margin = top / 2 > t_abs ? top / 2 : t_abs;
+        int hot = v > top + margin;
+        int dead = bottom > 4 * t_abs && v < bottom / 4;
+        if (hot || dead) {
+            /* median of the four axial neighbours: the mean of the middle two */
+            out[x] = (uint16_t)((l + r + u + d - axial_max - axial_min + 1) / 2);
+            n++;
+        }
+    }
+    return n;
+}
+
+int modcam_isp_dpc(uint16_t *cfa, size_t stride_px, uint32_t width, uint32_t rows,
+                   uint32_t fix0, uint32_t fix1, uint32_t t_abs, uint16_t *scratch,
+                   uint32_t *corrected)
+{
+    if (!cfa || !scratch || width < 5 || fix0 < 2 || fix1 + 2 > rows || fix0 > fix1 ||
+        stride_px < width)
+        return -EINVAL;
+    /* scratch: 3 rows holding the originals of rows y-2, y-1 and y (a ring),
+     * so every decision reads uncorrected values whatever the order. */
+    uint32_t n = 0;
+    memcpy(scratch + (size_t)((fix0 - 2) % 3) * width, cfa + (size_t)(fix0 - 2) * stride_px,
+           width * sizeof(uint16_t));
+    memcpy(scratch + (size_t)((fix0 - 1) % 3) * width, cfa + (size_t)(fix0 - 1) * stride_px,
+           width * sizeof(uint16_t));
+    for (uint32_t y = fix0; y < fix1; y++) {
+        uint16_t *row = cfa + (size_t)y * stride_px;
+        uint16_t *orig = scratch + (size_t)(y % 3) * width;
+        memcpy(orig, row, width * sizeof(uint16_t));
+        const uint16_t *rows5[5] = {scratch + (size_t)((y - 2) % 3) * width,
+                                    scratch + (size_t)((y - 1) % 3) * width, orig,
+                                    cfa + (size_t)(y + 1) * stride_px,
+                                    cfa + (size_t)(y + 2) * stride_px};
+        n += dpc_row(rows5, row, width, t_abs);
+    }
+    if (corrected)
+        *corrected = n;
     return 0;
 }

@@ -70,4 +70,19 @@ int modcam_isp_finish(const uint8_t *rgb, size_t stride, uint32_t width, uint32_
                       int pad_top, int pad_bottom, float sharpen, float denoise,
                       uint8_t *out, size_t out_stride);
 
+/* Dynamic defective pixels, in place on rows [fix0, fix1) of a CFA buffer of
+ * `rows` rows (fix0 >= 2, fix1 <= rows - 2: decisions need the same-colour
+ * neighbours two rows away). A pixel brighter than all eight same-colour
+ * neighbours and its four adjacent pixels (other colours) by max(t_abs, half
+ * the brightest) is hot; one under a quarter of the darkest of them, when
+ * that is above 4 t_abs, is dead (a real highlight or dark spot of two pixels
+ * or more also reaches the adjacent pixels, so it is left alone). Either becomes
+ * the median of its four axial same-colour neighbours. Decisions read only
+ * values as they were before this call (scratch: 3 * width uint16), so the
+ * result does not depend on the order of rows or on where a strip starts.
+ * The 2-pixel left and right borders are left as they are. */
+int modcam_isp_dpc(uint16_t *cfa, size_t stride_px, uint32_t width, uint32_t rows,
+                   uint32_t fix0, uint32_t fix1, uint32_t t_abs, uint16_t *scratch,
+                   uint32_t *corrected);
+
 #endif /* MODCAM_ISP_KERNELS_H */

@@ -144,10 +144,58 @@ def test_defects_from_calibration_are_corrected():
     cfa[20, 21] = 4095       # a hot pixel (G) and a dead one (R)
     cfa[30, 30] = 0
     clean = develop(np.full((48, 48), BLACK + 800, np.uint16), meta(), flat_cal())
-    untouched = develop(cfa, meta(), flat_cal())
+    off = DevelopOptions(dynamic_defects=False)
+    untouched = develop(cfa, meta(), flat_cal(), off)
     assert np.abs(untouched.astype(int) - clean).max() > 10     # visible when uncorrected
-    fixed = develop(cfa, meta(), flat_cal([DefectPixel(21, 20, "hot"), DefectPixel(30, 30, "dead")]))
-    np.testing.assert_array_equal(fixed, clean)
+    listed = flat_cal([DefectPixel(21, 20, "hot"), DefectPixel(30, 30, "dead")])
+    np.testing.assert_array_equal(develop(cfa, meta(), listed, off), clean)
+
+
+def test_defects_the_calibration_does_not_list_are_found_and_corrected():
+    cfa = np.full((48, 48), BLACK + 800, np.uint16)
+    cfa[20, 21] = 4095       # hot, not in the calibration
+    cfa[30, 30] = BLACK      # dead, not in the calibration
+    clean = develop(np.full((48, 48), BLACK + 800, np.uint16), meta(), flat_cal())
+    np.testing.assert_array_equal(develop(cfa, meta(), flat_cal()), clean)
+
+
+def _dpc(cfa, t_abs=1311):
+    """modcam_isp_dpc over the whole array; returns (corrected array, count)."""
+    from modcam.native import ffi, lib
+    out = np.ascontiguousarray(cfa, np.uint16).copy()
+    scratch = np.empty((3, out.shape[1]), np.uint16)
+    n = ffi.new("uint32_t *")
+    assert lib.modcam_isp_dpc(ffi.cast("uint16_t *", out.ctypes.data), out.shape[1],
+                              out.shape[1], out.shape[0], 2, out.shape[0] - 2, t_abs,
+                              ffi.cast("uint16_t *", scratch.ctypes.data), n) == 0
+    return out, n[0]
+
+
+def test_dynamic_detection_leaves_edges_lines_and_noise_alone():
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[0:96, 0:96]
+    edge = np.where(x + 0.1 * y > 48, 50000, 3000)                       # a slanted edge
+    line = np.full((96, 96), 3000); line[:, 47] = 60000; line[40, :] = 60000  # 1-px lines
+    dots = np.full((96, 96), 3000); dots[50:52, 50:52] = 60000            # a 2x2 highlight
+    noise = np.clip(rng.normal(20000, 300, (96, 96)), 0, 65535)          # strong noise
+    for name, img in (("edge", edge), ("line", line), ("dots", dots), ("noise", noise)):
+        out, n = _dpc(img.astype(np.uint16))
+        assert n == 0, f"{name}: {n} pixels changed"
+    hot = noise.astype(np.uint16)
+    hot[30, 40] = 40000
+    out, n = _dpc(hot)
+    assert n == 1 and abs(int(out[30, 40]) - 20000) < 1500
+
+
+def test_dynamic_defects_near_strip_edges_keep_strips_equal_to_the_whole_frame():
+    rng = np.random.default_rng(9)
+    cfa = np.clip(rng.normal(BLACK + 900, 25, (96, 64)), 0, 4095).astype(np.uint16)
+    for row in (7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 48):   # around strip boundaries
+        cfa[row, (row * 7) % 60 + 2] = 4095
+    whole = develop(cfa, meta(), flat_cal(), DevelopOptions(strip_rows=96))
+    for rows in (8, 16, 24):
+        np.testing.assert_array_equal(develop(cfa, meta(), flat_cal(),
+                                              DevelopOptions(strip_rows=rows)), whole)
 
 
 def _grid_gain(grid, w, h):

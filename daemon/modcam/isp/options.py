@@ -26,7 +26,9 @@ class DevelopOptions:
     denoise: chroma smoothing strength 0-1, or "auto" (0 at analogue gain 1,
     rising linearly to 1 at gain 8). strip_rows: output rows per strip
     (64: as fast as 128 on 100 MP, and 35 MB less peak memory).
-    threads: ISP worker threads (the sink runs on the calling thread)."""
+    threads: ISP worker threads (the sink runs on the calling thread).
+    dynamic_defects: also find and correct defective pixels the calibration
+    does not list (hot or dead against all eight same-colour neighbours)."""
 
     wb_gains: tuple | None = None
     demosaic: str = "high"
@@ -34,6 +36,7 @@ class DevelopOptions:
     denoise: str | float = "auto"
     strip_rows: int = 64
     threads: int = 2
+    dynamic_defects: bool = True
 
     def __post_init__(self):
         if self.wb_gains is not None:
@@ -48,6 +51,8 @@ class DevelopOptions:
             raise ValueError(f"sharpen {self.sharpen!r} must be a number from 0 (off) to 4")
         if self.denoise != "auto" and not (_number(self.denoise) and 0 <= self.denoise <= 1):
             raise ValueError(f"denoise {self.denoise!r} must be 'auto' or a number from 0 to 1")
+        if not isinstance(self.dynamic_defects, bool):
+            raise ValueError(f"dynamic_defects {self.dynamic_defects!r} must be true or false")
         for name, lo, hi in (("strip_rows", 8, MAX_STRIP_ROWS), ("threads", 1, 64)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:

@@ -3,7 +3,8 @@
 Owns the order of the stages and the strip schedule:
 
     RAW12 unpack -> black level -> lens shading -> white balance   (C: isp_kernels, one pass)
-    -> defective pixels (median of same-colour neighbours, numpy on the cached strip)
+    -> defective pixels: the calibration's list (median of same-colour neighbours,
+       numpy on the cached strip), then dynamic detection (C, modcam_isp_dpc)
     -> demosaic (native/demosaic.c) -> colour matrix -> sRGB gamma LUT -> 8 bit (C: one pass)
     -> chroma denoise / luma unsharp mask (C: 3x3, one pass on the 8-bit strip, optional)
     -> sink (e.g. JpegWriter.write_rows) on the calling thread
@@ -45,7 +46,10 @@ from modcam.native import ffi, lib
 
 __all__ = ["develop", "develop_to_jpeg", "DevelopOptions", "srgb_lut", "white_balanced_matrix"]
 
-HALO = 10          # CFA rows computed beyond a strip: 7 demosaic + 2 defects + 1 finishing
+# CFA rows computed beyond a strip: 7 demosaic + 1 finishing + 2 dynamic
+# defects + 2 listed defects (each reads same-colour rows two away).
+HALO = 12
+DPC_THRESHOLD = 1311   # dynamic defects: 2 % of the 16-bit CFA scale, well above noise
 _CHANNELS = {"R": 0, "B": 3}
 _MODES = {"full": (1.0, 0.0), "binned": (1.0, 0.0), "zoom2x": (0.5, 0.25)}  # field scale, offset
 _LUT: np.ndarray | None = None
@@ -139,6 +143,7 @@ class _Plan:
         self.lut = srgb_lut()
         self.denoise = opts.denoise_strength(float(getattr(meta, "analogue_gain", 1.0)))
         self.sharpen = float(opts.sharpen)
+        self.dynamic_defects = opts.dynamic_defects
         self.finish = 1 if (self.denoise > 0 or self.sharpen > 0) else 0
 
 
@@ -197,6 +202,7 @@ class _Slot:
     def __init__(self, plan: _Plan, rows: int):
         w = plan.width
         self.cfa = np.empty((rows + 2 * HALO, w), np.uint16)
+        self.dpc = np.empty((3, w), np.uint16)    # modcam_isp_dpc's original rows
         self.rgb16 = np.empty((rows + 2 * plan.finish, w, 3), np.uint16)
         self.rgb8 = np.empty((rows + 2 * plan.finish, w, 3), np.uint8)
         self.final = np.empty((rows if plan.finish else 0, w, 3), np.uint8)
@@ -228,6 +234,8 @@ def _strip(plan: _Plan, slot: _Slot, r0: int, r1: int, out: np.ndarray | None) -
                               ffi.cast("const float *", _addr(plan.grid_y)),
                               ffi.cast("uint16_t *", _addr(cfa)), W), "modcam_isp_cfa")
     _fix_defects(plan, cfa, a, b)
+    if plan.dynamic_defects:
+        _fix_dynamic(cfa, slot, a, b, H, W)
     d0, d1 = max(0, r0 - f), min(H, r1 + f)               # RGB rows computed
     rgb16 = slot.rgb16[:d1 - d0]
     virtual = _addr(cfa) - a * cfa.strides[0]             # row 0 of a whole-frame CFA
@@ -248,6 +256,19 @@ def _strip(plan: _Plan, slot: _Slot, r0: int, r1: int, out: np.ndarray | None) -
                                  ffi.cast("uint8_t *", _addr(final)), final.strides[0]),
            "modcam_isp_finish")
     return final
+
+
+def _fix_dynamic(cfa: np.ndarray, slot, a: int, b: int, H: int, W: int) -> None:
+    """Dynamic defects on the rows of the buffer whose neighbours two rows
+    away are exactly what a whole frame has there (after the listed fixes):
+    away from the image's edges that needs 4 rows of margin in the buffer."""
+    lo = 2 if a == 0 else 4
+    hi = (b - a) - (2 if b == H else 4)
+    if hi <= lo:
+        return
+    _check(lib.modcam_isp_dpc(ffi.cast("uint16_t *", _addr(cfa)), W, W, b - a, lo, hi,
+                              DPC_THRESHOLD, ffi.cast("uint16_t *", _addr(slot.dpc)), ffi.NULL),
+           "modcam_isp_dpc")
 
 
 def _fix_defects(plan: _Plan, cfa: np.ndarray, a: int, b: int) -> None:
