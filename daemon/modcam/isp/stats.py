@@ -27,11 +27,7 @@ import numpy as np
 
 BLACK_LEVEL, WHITE_LEVEL = 256, 4095
 HIST_BINS = 64
-# Readout geometry in full-sensor photosites: (pitch, x0, y0). The same numbers
-# as the virtual module's sensor_model.READOUTS, kept here so the daemon's ISP
-# never imports the virtual model.
-GEOMETRY = {"full": (1, 0, 0), "binned": (2, 0, 0), "zoom2x": (1, 2888, 2168)}
-SENSOR_SIZE = (11552, 8672)
+READOUT_MODES = ("full", "binned", "zoom2x")
 LUMA_WEIGHTS = (0.25, 0.5, 0.25)   # native R, G, B: a cheap, colour-blind luma
 DARK = 0.01          # usable for AWB above this luma (fraction of the range)
 CLIP_MARGIN_DN = 8   # a photosite this close to the white level counts as clipped
@@ -67,8 +63,8 @@ class StatsEngine:
     def __init__(self, calibration=None, mode: str = "binned", step: int = 8,
                  black_level: int | None = None, white_level: int | None = None,
                  zone: int = 4):
-        if mode not in GEOMETRY:
-            raise ValueError(f"readout mode {mode!r} is not one of {', '.join(GEOMETRY)}")
+        if mode not in READOUT_MODES:
+            raise ValueError(f"readout mode {mode!r} is not one of {', '.join(READOUT_MODES)}")
         if step < 1:
             raise ValueError(f"stats grid step {step} must be at least 1 quad")
         self.calibration, self.mode, self.step, self.zone = calibration, mode, step, zone
@@ -131,7 +127,12 @@ class StatsEngine:
     def _interpolate_shading(self, origin, f_number, h, w) -> np.ndarray:
         cal = self.calibration
         grid = cal.shading_gains(f_number)            # (4, rows, cols): R, Gr, Gb, B
-        pitch, x0, y0 = GEOMETRY[self.mode]
+        # Readout geometry in full-sensor photosites, from the calibration's
+        # sensor size as the pipeline derives it: binned has twice the pitch,
+        # zoom2x is the central half.
+        pitch = 2 if self.mode == "binned" else 1
+        x0, y0 = ((cal.sensor_width // 4, cal.sensor_height // 4) if self.mode == "zoom2x"
+                  else (0, 0))
         s2, o = 2 * self.step, (self.step // 2) * 2
         # the quad's centre in full-sensor photosites, as a fraction of the sensor
         cols = origin[1] + o + s2 * np.arange(w) + 1.0
