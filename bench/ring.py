@@ -96,7 +96,6 @@ def bench_ring(width, height, frames, warmup):
     if pid == 0:
         cons.close()
         ring_producer(prod, start_r, info, src, warmup + frames)
-    prod_fd_holder = prod  # the parent keeps its handle open until the child is done
     shared = shared_mapping_ranges()
     copies = 0
     os.write(start_w, b"g")
@@ -112,7 +111,7 @@ def bench_ring(width, height, frames, warmup):
     _, status = os.waitpid(pid, 0)
     stats = cons.stats
     cons.close()
-    prod_fd_holder.close()
+    prod.close()  # the parent kept its handle open until the child was done
     assert status == 0 and stats.skipped == 0 and stats.dropped == 0, stats
     return nbytes * frames / elapsed / 1e9, copies
 

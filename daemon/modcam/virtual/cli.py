@@ -25,6 +25,7 @@ import sys
 
 from modcam.link import protocol
 from modcam.link.control_channel import ChannelClosed, ControlChannel, ControlError
+from modcam.virtual import sensor_model as sm
 from modcam.virtual.control_server import SIM_SUFFIX
 
 log = logging.getLogger("modcam.virtual.cli")
@@ -73,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="thermal time constant (default 120; small values heat up fast)")
     run.add_argument("--ambient", type=float, default=25.0, metavar="CELSIUS",
                      help="ambient temperature (default 25)")
-    run.add_argument("--sensor", type=_sensor, default=(11552, 8672), metavar="WxH",
-                     help="full readout size, multiples of 4 (default 11552x8672; small sizes "
+    run.add_argument("--sensor", type=_sensor, default=(sm.WIDTH, sm.HEIGHT), metavar="WxH",
+                     help=f"full readout size, multiples of 4 (default {sm.WIDTH}x{sm.HEIGHT}; "
+                          "small sizes "
                           "make fast tests)")
     run.add_argument("--link-rate", type=float, default=1.25e9, metavar="BYTES_PER_S",
                      help="link budget in bytes/s (default 1.25e9 = 10 Gbit/s)")
@@ -148,15 +150,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _frame_source(args):
     """The physics renderer only knows the real sensor's geometry."""
-    from modcam.virtual import sensor_model
     from modcam.virtual.streamer import SyntheticSource
 
-    real = tuple(args.sensor) == (sensor_model.WIDTH, sensor_model.HEIGHT)
+    real = tuple(args.sensor) == (sm.WIDTH, sm.HEIGHT)
     kind = args.source or ("physical" if real else "synthetic")
     if kind == "synthetic":
         return SyntheticSource()
     if not real:
-        raise SystemExit(f"--source physical needs --sensor {sensor_model.WIDTH}x{sensor_model.HEIGHT}")
+        raise SystemExit(f"--source physical needs --sensor {sm.WIDTH}x{sm.HEIGHT}")
     from modcam.virtual.physical_source import PhysicalSource
     return PhysicalSource(args.serial)
 

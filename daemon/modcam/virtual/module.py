@@ -31,6 +31,7 @@ import time
 from modcam.link import protocol
 from modcam.link.protocol import (BAD_REQUEST, BUSY, FAILED, OUT_OF_RANGE, WRONG_STATE,
                                   ProtocolError)
+from modcam.virtual import sensor_model as sm
 from modcam.virtual.streamer import FramePlan, FrameSettings, readout_geometry
 
 # Frame flags: mirror MODCAM_FRAME_FLAG_* in native/modcam_ring.h (a test checks).
@@ -59,8 +60,8 @@ class ModuleConfig:
     vendor: str = "modcam"
     model: str = "Virtual MC-100"
     firmware: str = "0.1.0"
-    sensor_width: int = 11552           # full readout; binned and zoom2x are half of it
-    sensor_height: int = 8672
+    sensor_width: int = sm.WIDTH        # full readout; binned and zoom2x are half of it
+    sensor_height: int = sm.HEIGHT
     boot_seconds: float = 2.0
     link_bytes_per_s: float = 1.25e9    # 10 Gbit/s
     ambient_c: float = 25.0
@@ -136,7 +137,7 @@ class VirtualModule:
         return {"vendor": c.vendor, "model": c.model, "serial": c.serial,
                 "firmware": c.firmware,
                 "sensor": {"width": c.sensor_width, "height": c.sensor_height, "cfa": "RGGB",
-                           "bit_depth": 12, "black_level": 256, "white_level": 4095,
+                           "bit_depth": 12, "black_level": sm.BLACK_LEVEL, "white_level": sm.WHITE_LEVEL,
                            "pixel_format": "RAW12_PACKED"},
                 "lens": {"focal_length_mm": 35.0, "f_number_min": 1.4, "f_number_max": 11.0,
                          "min_focus_m": 0.3, "lens_position_max": protocol.LENS_POSITION_MAX},

@@ -45,6 +45,7 @@ import numpy as np
 from modcam import raw12
 from modcam.link.protocol import BUSY, OUT_OF_RANGE, WRONG_STATE, RequestError
 from modcam.link.ring import Fault, FrameInfo, Producer, Readout, region_size
+from modcam.virtual import sensor_model
 
 if TYPE_CHECKING:  # module.py imports this file for FrameSettings and FramePlan
     from modcam.virtual.module import VirtualModule
@@ -155,8 +156,8 @@ class SyntheticSource:
             block[0::2] = rows[r0 % 2]
             block[1::2] = rows[1 - r0 % 2]
             block *= light[r0:r1, None]
-            block += 256.0
-            np.clip(block, 0.0, 4095.0, out=block)
+            block += sensor_model.BLACK_LEVEL
+            np.clip(block, 0.0, sensor_model.WHITE_LEVEL, out=block)
             raw12.pack(block.astype(np.uint16), out=out[r0:r1])
         return out
 
