@@ -43,6 +43,11 @@ class LeaseError(RingError):
     """A frame lease was used wrongly (after release, or twice)."""
 
 
+# Frame header flags: MODCAM_FRAME_FLAG_* in native/modcam_ring.h.
+FLAG_THERMAL_WARNING = 0x1
+FLAG_STILL = 0x2            # a triggered still, not a stream frame
+
+
 class PixelFormat(enum.IntEnum):
     RAW12_PACKED = lib.MODCAM_PIXFMT_RAW12_PACKED
     RAW16 = lib.MODCAM_PIXFMT_RAW16
