@@ -10,6 +10,7 @@ what was expected; unknown keys are errors too (a typo must not be ignored).
     capture_dir = "/var/lib/modcam/captures"
     bus = "system"             # "system", "session", or a D-Bus address
     log_level = "info"         # "debug", "info", "warning", "error"
+    camera_group = "camera"    # besides root and modcamd's own user, who may operate cameras
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class Config:
     capture_dir: Path = Path("/var/lib/modcam/captures")
     bus: str = "system"
     log_level: str = "info"
+    camera_group: str = "camera"
 
 
 def _seconds(where: str, key: str, value, lo: float, hi: float) -> float:
@@ -76,6 +78,13 @@ def _check(where: str, values: dict) -> Config:
             raise ConfigError(f"{where}: log_level must be one of {', '.join(LOG_LEVELS)}, "
                               f"not {values['log_level']!r}")
         out["log_level"] = level
+    if "camera_group" in values:
+        group = values["camera_group"]
+        if not isinstance(group, str) or not (group == "" or group.replace("-", "_").replace(
+                ".", "_").isidentifier()):
+            raise ConfigError(f"{where}: camera_group must be a group name (or \"\" for root "
+                              f"and modcamd's user only), not {group!r}")
+        out["camera_group"] = group
     return Config(**out)
 
 

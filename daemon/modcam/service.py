@@ -22,6 +22,7 @@ from gi.repository import Gio, GLib
 
 from modcam import __version__, config as cfg, journal, names
 from modcam.bus import objects
+from modcam.bus.access import Access
 from modcam.link.udev_watch import UdevWatch
 from modcam.manager import Manager
 
@@ -71,11 +72,12 @@ class Service:
         self.connection = connect(c.bus)
         self.connection.set_exit_on_close(False)
         self.connection.connect("closed", self._bus_closed)
-        self.bus_object = objects.ManagerObject(self.connection, None, c.capture_dir)
+        self.bus_object = objects.ManagerObject(self.connection, None, c.capture_dir,
+                                                Access(self.connection, c.camera_group))
         self.manager = Manager(c, self.executor, self._added, self.bus_object.module_removed,
                                self.bus_object.module_changed)
         self.bus_object.manager = self.manager
-        self._sub_id = objects.watch_clients(self.connection, self.manager.client_vanished)
+        self._sub_id = objects.watch_clients(self.connection, self.bus_object.client_vanished)
         self.watch = self._start_udev()
         for sig in (signal.SIGTERM, signal.SIGINT):
             GLib.unix_signal_add(GLib.PRIORITY_HIGH, sig, self._on_signal, sig)

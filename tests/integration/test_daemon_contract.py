@@ -1,4 +1,5 @@
 """The live bus API is the documented one, and every documented error is reachable."""
+import os
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -76,7 +77,7 @@ def test_slow_boot_times_out(daemon_harness):
     assert c.prop(vm.path, "State") == "error"
 
 
-def test_not_ready_names_the_state(modcamd):
+def test_lens_position_outside_manual_focus_is_refused(modcamd):
     """A request the module's state refuses: a link that dropped mid-life."""
     c = modcamd.client
     vm = modcamd.plug("MC0204")
@@ -113,3 +114,53 @@ def test_property_reads_answer_within_50ms_during_a_100mp_capture(modcamd):
         c.pump(0.005)
     assert pending[0][0] == "ok", pending
     assert reads > 10 and worst <= 0.05, (reads, worst)
+
+
+CALL_AS_NOBODY = """
+import sys
+from gi.repository import Gio, GLib
+conn = Gio.DBusConnection.new_for_address_sync(sys.argv[1],
+    Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION,
+    None, None)
+state = conn.call_sync("org.modcam.Camera1", sys.argv[2], "org.freedesktop.DBus.Properties", "Get",
+    GLib.Variant("(ss)", ("org.modcam.Camera1.Module", "State")), None, 0, 5000, None)
+print(state.unpack()[0])
+try:
+    conn.call_sync("org.modcam.Camera1", sys.argv[2], "org.modcam.Camera1.Module", "Capture",
+        GLib.Variant("(a{sv})", ({},)), None, 0, 30000, None)
+    print("captured")
+except GLib.Error as e:
+    name = Gio.DBusError.get_remote_error(e)
+    Gio.DBusError.strip_remote_error(e)
+    print(name, e.message)
+"""
+
+
+def test_a_caller_outside_the_camera_group_may_look_but_not_capture(modcamd):
+    import subprocess
+    import sys
+    vm = modcamd.plug("MC0207")
+    os.chmod(modcamd.tmp.name, 0o755)             # let another user reach the bus socket
+    run = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                          sys.executable, "-c", CALL_AS_NOBODY, modcamd.bus.address, vm.path],
+                         capture_output=True, text=True, timeout=60, env=modcamd.env)
+    lines = run.stdout.splitlines()
+    assert lines[0] == "off", run.stderr
+    assert lines[1].startswith(ERR + "PermissionDenied"), lines
+    assert "camera group" in lines[1]
+    assert modcamd.client.prop(vm.path, "State") == "off"      # nothing was powered
+    assert os.listdir(modcamd.capture_dir) == []
+
+
+def test_thermal_lockout_is_not_ready_naming_the_state(modcamd):
+    c = modcamd.client
+    vm = modcamd.plug("MC0208")
+    c.module("Claim", vm.path)
+    c.module("Release", vm.path)
+    vm.inject_fault("thermal_shutdown")
+    c.eventually(lambda: c.prop(vm.path, "State") == "off", 5, "the thermal shutdown")
+    with pytest.raises(GLib.Error) as err:
+        c.module("Capture", vm.path, [{}], "a{sv}")
+    assert error_name(err.value) == ERR + "NotReady"
+    assert "cool" in err.value.message or "hot" in err.value.message or "°C" in err.value.message
+    assert c.prop(vm.path, "Temperature") >= 70

@@ -88,3 +88,45 @@ def test_sigterm_powers_down_and_exits_cleanly(modcamd):
     assert modcamd.daemon.stop(signal.SIGTERM) == 0
     assert vm.sim("status")["state"] == "off"
     assert "Traceback" not in modcamd.log()
+
+
+def test_a_bad_calibration_eeprom_is_an_error_state_not_a_crash(daemon_harness, tmp_path):
+    from modcam import calibration
+    blob = bytearray(calibration.encode(calibration.virtual_calibration("MC0006")))
+    blob[40] ^= 0xFF                                      # a flipped byte: the CRC fails
+    bad = tmp_path / "eeprom.bin"
+    bad.write_bytes(bytes(blob))
+    h = daemon_harness.start()
+    c = h.client
+    vm = h.add_module("MC0006", extra_args=("--eeprom", str(bad)))
+    mark = len(c.signals)
+    vm.plug()
+    c.wait_signal("ModuleAdded", after=mark)
+    c.eventually(lambda: c.prop(vm.path, "State") == "error", 10, "the error state")
+    assert "calibration" in c.prop(vm.path, "StateReason")
+    with pytest.raises(Exception) as err:
+        c.module("Capture", vm.path, [{}], "a{sv}")
+    assert error_name(err.value) == names.ERROR_PREFIX + "Failed"
+    assert "calibration" in str(err.value)
+    assert h.daemon.proc.poll() is None
+
+
+def test_hotplug_latency_is_recorded(modcamd):
+    """uevent -> ModuleAdded and unplug -> ModuleRemoved, a few cycles (bench/latency.py
+    measures the distribution; this is a generous regression guard)."""
+    import time
+    c = modcamd.client
+    vm = modcamd.add_module("MC0007")
+    added, removed = [], []
+    for _ in range(5):
+        mark = len(c.signals)
+        t0 = time.monotonic()
+        vm.plug()
+        added.append(c.wait_signal("ModuleAdded", after=mark)[0] - t0)
+        mark = len(c.signals)
+        t0 = time.monotonic()
+        vm.unplug()
+        removed.append(c.wait_signal("ModuleRemoved", after=mark)[0] - t0)
+    print(f"ModuleAdded after {max(added) * 1000:.1f} ms, ModuleRemoved after "
+          f"{max(removed) * 1000:.1f} ms (worst of 5)")
+    assert max(added) < 0.5 and max(removed) < 0.5

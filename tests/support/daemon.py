@@ -36,6 +36,7 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
   <listen>unix:path={socket}</listen>
   <auth>EXTERNAL</auth>
   <policy context="default">
+    <allow user="*"/>
     <allow send_destination="*" eavesdrop="true"/>
     <allow eavesdrop="true"/>
     <allow own="*"/>
@@ -224,11 +225,13 @@ class VirtualModuleProcess:
 
 class ModcamdProcess:
     def __init__(self, bed: UdevTestbed, bus_address: str, capture_dir: str, *,
-                 idle_timeout: float = 30.0, boot_timeout: float = 10.0, extra_args=(),
+                 idle_timeout: float | None = 30.0, boot_timeout: float = 10.0, extra_args=(),
                  env_extra: dict | None = None):
-        argv = [sys.executable, "-m", "modcam.service", "--bus", bus_address,
-                "--capture-dir", capture_dir, "--idle-timeout", str(idle_timeout),
-                "--boot-timeout", str(boot_timeout), "--log-level", "debug", *extra_args]
+        argv = [sys.executable, "-m", "modcam.service", *extra_args, "--bus", bus_address,
+                "--capture-dir", capture_dir, "--boot-timeout", str(boot_timeout),
+                "--log-level", "debug"]
+        if idle_timeout is not None:
+            argv += ["--idle-timeout", str(idle_timeout)]
         self.proc = subprocess.Popen(argv, env=bed.env(env_extra), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         self._lines: list[str] = []

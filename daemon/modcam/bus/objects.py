@@ -28,8 +28,9 @@ def module_path(module) -> str:
 
 
 class ModuleObject:
-    def __init__(self, connection, module, capture_dir):
-        self.module, self.capture_dir = module, capture_dir
+    def __init__(self, connection, module, capture_dir, access, on_claim=None):
+        self.module, self.capture_dir, self.access = module, capture_dir, access
+        self.on_claim = on_claim
         self.path = module_path(module)
         handlers = {"Claim": self.claim, "Release": self.release,
                     "SetControls": self.set_controls, "AutoFocus": self.autofocus,
@@ -43,17 +44,27 @@ class ModuleObject:
             raise Removed(f"module {self.module.serial} was removed")
         return self.module
 
+    def _allowed(self, call, action):
+        """Run action() once the caller is known to be allowed to operate cameras."""
+        self._live()
+        return self.access.check(call.sender, call.method).then(lambda _: action())
+
     def claim(self, call):
-        return self._live().claim(call.sender).then(lambda _: None)
+        def claim():
+            pending = self._live().claim(call.sender)
+            if self.on_claim is not None:
+                self.on_claim(call.sender)     # it may have left already
+            return pending.then(lambda _: None)
+        return self._allowed(call, claim)
 
     def release(self, call):
-        self._live().release(call.sender)
+        return self._allowed(call, lambda: self._live().release(call.sender))
 
     def set_controls(self, call, controls):
-        return set_controls(self._live(), controls)
+        return self._allowed(call, lambda: set_controls(self._live(), controls))
 
     def autofocus(self, call):
-        return AutofocusRun(self._live()).start().then(result_dict)
+        return self._allowed(call, lambda: AutofocusRun(self._live()).start().then(result_dict))
 
     def _options(self, options, to_fd: bool) -> CaptureOptions:
         m = self._live()
@@ -62,9 +73,11 @@ class ModuleObject:
             parse_controls=lambda c: ctl.parse(c, m.limits, m.settings["AfMode"]))
 
     def capture(self, call, options):
-        opts = self._options(options, False)
-        return StillCapture(self._live(), opts, directory=self.capture_dir).start().then(
-            result_dict)
+        def capture():
+            opts = self._options(options, False)
+            return StillCapture(self._live(), opts, directory=self.capture_dir).start().then(
+                result_dict)
+        return self._allowed(call, capture)
 
     def capture_to_fd(self, call, handle, options):
         fds = call.take_fds()
@@ -76,23 +89,35 @@ class ModuleObject:
         finally:
             for other in fds:
                 os.close(other)
-        try:
+
+        def capture():
             opts = self._options(options, True)
-            capture = StillCapture(self._live(), opts, fd=fd)
-        except BaseException:
+            return StillCapture(self._live(), opts, fd=fd).start()   # closes fd when done
+
+        def refused(error):
             os.close(fd)
-            raise
-        return capture.start().then(result_dict)   # closes fd when done
+            raise error
+        allowed = self.access.check(call.sender, call.method).then(lambda _: None, refused)
+        return allowed.then(lambda _: _closing_on_error(capture, fd)).then(result_dict)
 
     def unregister(self) -> None:
         self.exported.unregister()
 
 
+def _closing_on_error(start, fd: int):
+    try:
+        return start()
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class ManagerObject:
     """/org/modcam/Camera1: the Manager interface and the ObjectManager."""
 
-    def __init__(self, connection: Gio.DBusConnection, manager, capture_dir):
+    def __init__(self, connection: Gio.DBusConnection, manager, capture_dir, access):
         self.connection, self.manager, self.capture_dir = connection, manager, capture_dir
+        self.access = access
         self.objects: dict[str, ModuleObject] = {}     # serial -> exported module
         self.exported = ExportedObject(connection, names.MANAGER_PATH,
                                        interface_info(names.MANAGER_INTERFACE),
@@ -111,7 +136,9 @@ class ManagerObject:
 
     # called by the Manager model
     def module_added(self, module) -> None:
-        obj = ModuleObject(self.connection, module, self.capture_dir)
+        obj = ModuleObject(self.connection, module, self.capture_dir, self.access,
+                           on_claim=lambda name: check_alive(self.connection, name,
+                                                             self.client_vanished))
         self.objects[module.serial] = obj
         self.object_manager.emit("InterfacesAdded", obj.path,
                                  {names.MODULE_INTERFACE: obj.exported.typed_properties()})
@@ -126,6 +153,11 @@ class ManagerObject:
         self.object_manager.emit("InterfacesRemoved", obj.path, [names.MODULE_INTERFACE])
         self.exported.emit("ModuleRemoved", obj.path)
         self.exported.properties_changed({"Modules": self.paths()})
+
+    def client_vanished(self, name: str) -> None:
+        self.access.forget(name)
+        if self.manager is not None:
+            self.manager.client_vanished(name)
 
     def module_changed(self, module, changed: dict) -> None:
         obj = self.objects.get(module.serial)

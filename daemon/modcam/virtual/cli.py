@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                           ("firmware", "0.1.0")):
         run.add_argument(f"--{name}", default=default,
                          help=f"{name} reported by identify and udev (default %(default)s)")
+    run.add_argument("--eeprom", metavar="FILE",
+                     help="serve this file as the calibration EEPROM instead of the module's "
+                          "own (e.g. a damaged blob, to see what a host does with it)")
     run.add_argument("--source", choices=("physical", "synthetic"), default=None,
                      help="what the sensor sees: the physical model of a scene through the "
                           "lens (default at the real sensor size) or a cheap test pattern "
@@ -175,7 +178,12 @@ def run(args) -> int:
     bed = _open_bed() if args.plug else None      # refuse early, before any socket exists
     try:
         os.makedirs(os.path.dirname(control), mode=0o700, exist_ok=True)
-        server = ControlServer(VirtualModule(config), control, source=_frame_source(args))
+        eeprom = None
+        if args.eeprom:
+            with open(args.eeprom, "rb") as f:
+                eeprom = f.read()
+        server = ControlServer(VirtualModule(config, eeprom=eeprom), control,
+                               source=_frame_source(args))
         lines = {"MODCAM_CONTROL": server.control_path, "MODCAM_SIM": server.sim_path}
         if bed is not None:
             lines["UMOCKDEV_DIR"] = bed.root_dir

@@ -1,0 +1,106 @@
+"""modcamd as a systemd service and under pulls: notify, config, unplug at any moment."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from gi.repository import GLib
+
+from modcam import names
+from tests.support.daemon import error_name
+
+ERR = names.ERROR_PREFIX
+
+
+def fds_and_threads(pid: int) -> tuple[int, int]:
+    return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.mark.parametrize("moment", ["streaming", "capturing", "autofocus"])
+def test_unplug_at_any_moment_fails_pending_calls_with_removed(modcamd, moment):
+    c = modcamd.client
+    pid = modcamd.daemon.proc.pid
+    vm = modcamd.add_module("MC0301", sensor=(11552, 8672), extra_args=("--source", "synthetic"))
+    vm.plug()
+    c.wait_signal("ModuleAdded")
+    c.eventually(lambda: c.prop(vm.path, "Sensor"), 10, "identity")
+    c.module("Claim", vm.path)                 # booted once: the ring and the bank are warm
+    c.module("Release", vm.path)
+    before = fds_and_threads(pid)
+    if moment == "autofocus":
+        pending = c.call_async(vm.path, names.MODULE_INTERFACE, "AutoFocus")
+        wait_for = "streaming"
+    else:
+        pending = c.call_async(vm.path, names.MODULE_INTERFACE, "Capture",
+                               [{"formats": GLib.Variant("as", ["jpeg", "dng"])}], "a{sv}")
+        wait_for = "capturing"
+    c.eventually(lambda: c.prop(vm.path, "State") == wait_for, 20, wait_for)
+    if moment == "capturing":
+        time.sleep(0.3)                        # well into the ISP
+    t0 = time.monotonic()
+    vm.unplug()
+    c.eventually(lambda: pending, 5, "the reply")
+    assert time.monotonic() - t0 < 0.1 + 0.05   # 100 ms, plus the test's own polling
+    kind, err = pending[0]
+    assert kind == "error" and error_name(err) == ERR + "Removed", pending
+    c.wait_signal("ModuleRemoved")
+    # nothing left behind once the ISP has let go (it is told to stop)
+    c.eventually(lambda: fds_and_threads(pid)[0] <= before[0], 10, "fds back")
+    c.eventually(lambda: fds_and_threads(pid)[1] <= before[1], 10, "threads back")
+    assert not [f for f in os.listdir(modcamd.capture_dir)], "no partial file"
+    # and the next plug works
+    vm.plug()
+    c.eventually(lambda: c.modules() == [vm.path], 10, "the module back")
+    assert c.module("Capture", vm.path, [{"readout_mode": GLib.Variant("s", "binned")}],
+                    "a{sv}")["paths"]
+
+
+def test_sd_notify_ready_status_and_watchdog(daemon_harness, tmp_path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify")
+    sock.bind(path)
+    sock.settimeout(0.1)
+    messages = []
+
+    def drain(until: float):
+        while time.monotonic() < until:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+    h = daemon_harness
+    h.start(env_extra={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+    drain(time.monotonic() + 1.0)
+    vm = h.plug("MC0302")
+    drain(time.monotonic() + 0.5)
+    text = "\n".join(messages)
+    assert "READY=1" in text
+    assert "STATUS=no module attached" in text
+    assert "STATUS=1 module(s): MC0302" in text
+    assert text.count("WATCHDOG=1") >= 4
+    h.daemon.stop()
+    drain(time.monotonic() + 0.3)
+    assert "STOPPING=1" in "\n".join(messages)
+    sock.close()
+    assert vm
+
+
+def test_a_bad_config_stops_the_start_with_one_sentence(tmp_path):
+    conf = tmp_path / "modcamd.toml"
+    conf.write_text('idle_timeout = "soon"\n')
+    run = subprocess.run([sys.executable, "-m", "modcam.service", "--config", str(conf)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.strip() == (f"modcamd: {conf}: idle_timeout must be a number of seconds, "
+                                  "not 'soon'")
+
+
+def test_config_file_values_reach_the_bus(daemon_harness, tmp_path):
+    conf = tmp_path / "modcamd.toml"
+    conf.write_text("idle_timeout = 7\n")
+    h = daemon_harness
+    h.start(extra_args=("--config", str(conf)), idle_timeout=None)
+    vm = h.plug("MC0303")
+    assert h.client.prop(vm.path, "IdleTimeout") == 7
