@@ -89,3 +89,29 @@ def udev_bed():
     from tests.support.testbed import UdevTestbed
     with UdevTestbed() as bed:
         yield bed
+
+
+@pytest.fixture
+def daemon_harness(udev_bed, request):
+    """A private bus and a testbed; `.start()` runs modcamd on them (tests/support/daemon.py)."""
+    from tests.support.daemon import DaemonHarness
+    harness = DaemonHarness(udev_bed)
+    yield harness
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed and harness.daemon is not None:
+        print("---- modcamd log ----\n" + harness.daemon.log[-20000:])
+    harness.close()
+
+
+@pytest.fixture
+def modcamd(daemon_harness):
+    """modcamd running on a private bus, with an empty umockdev testbed."""
+    return daemon_harness.start()
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # Keeps each phase's report on the item, so fixtures can tell a failed test.
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)

@@ -69,6 +69,7 @@ class Module:
         self._mstate, self._fault = "off", ""
         self._module_reason = ""
         self._attached: Pending | None = None
+        self._ring_pending: Pending | None = None
         self._boot_waiters: list[Pending] = []
         self._boot_timer = self._idle_timer = self._stats_timer = 0
         self._tracked: set[Pending] = set()
@@ -333,6 +334,9 @@ class Module:
         first = self._request("power", on=False) if retry else Pending.resolved(None)
         first.then(lambda _: self._request("power", on=True)).add_done_callback(
             lambda r: self._fail_boot(r.error) if r.error else self.changed())
+        # The ring (hundreds of MB to set up on both sides) is made while the
+        # module boots, so a Claim replies at ready, not a ring set-up later.
+        self._attach_ring()
 
     def _boot_timed_out(self) -> bool:
         self._boot_timer = 0
@@ -377,6 +381,8 @@ class Module:
     def _attach_ring(self) -> Pending:
         if self.pump is not None:
             return Pending.resolved(None)
+        if self._ring_pending is not None and not self._ring_pending.done:
+            return self._ring_pending
         doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
         def attached(answer):
@@ -389,6 +395,9 @@ class Module:
             finally:
                 protocol.close_fds(fds)
                 os.close(doorbell)
+            if self.removed or self.channel is None or self.pump is not None:
+                consumer.close()          # the module went away meanwhile
+                return
             self.pump = FramePump(consumer, self._on_frame, self._on_ring_corrupt)
             if not self._stats_timer:
                 self._stats_timer = GLib.timeout_add(250, self._publish_stats)
@@ -396,7 +405,9 @@ class Module:
         def failed(error):
             os.close(doorbell)
             raise error
-        return self._request("attach_ring", fds=(doorbell,), slot_count=4).then(attached, failed)
+        self._ring_pending = self._request("attach_ring", fds=(doorbell,), slot_count=4).then(
+            attached, failed)
+        return self._ring_pending
 
     def _publish_stats(self) -> bool:
         self.changed()

@@ -130,3 +130,23 @@ def test_hotplug_latency_is_recorded(modcamd):
     print(f"ModuleAdded after {max(added) * 1000:.1f} ms, ModuleRemoved after "
           f"{max(removed) * 1000:.1f} ms (worst of 5)")
     assert max(added) < 0.5 and max(removed) < 0.5
+
+
+def test_a_claim_during_boot_replies_at_ready(modcamd):
+    import time
+    from tests.support.daemon import BusClient
+    c = modcamd.client
+    vm = modcamd.plug("MC0008", boot_seconds=1.0)
+    first = c.call_async(vm.path, names.MODULE_INTERFACE, "Claim")
+    c.eventually(lambda: c.prop(vm.path, "State") == "booting", 5, "booting")
+    other = BusClient(modcamd.bus.address)
+    try:
+        t0 = time.monotonic()
+        other.module("Claim", vm.path)
+        assert other.prop(vm.path, "State") == "ready"
+        assert 0.3 < time.monotonic() - t0 < 2.0
+        c.eventually(lambda: first, 5, "the first claim")
+        assert first[0][0] == "ok"
+        assert sorted(c.prop(vm.path, "Clients")) == sorted([c.unique_name, other.unique_name])
+    finally:
+        other.close()
