@@ -143,7 +143,7 @@ static int producer_map(int fd, uint64_t size, modcam_ring_producer **out)
     modcam_ring_producer *p = calloc(1, sizeof(*p));
     if (!p)
         return -ENOMEM;
-    void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);  /* sparse: pages commit as slots fill */
     if (m == MAP_FAILED) {
         int e = -errno;
         free(p);

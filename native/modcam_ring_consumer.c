@@ -78,7 +78,7 @@ static int attach_fail(modcam_ring_consumer *c, int rc, char *err, size_t errlen
 static int map_slots(modcam_ring_consumer *c)
 {
     uint64_t len = (uint64_t)c->count * c->slot_size;
-    void *m = mmap(NULL, len, PROT_READ, MAP_SHARED | MAP_POPULATE, c->fd, (off_t)c->slots_offset);
+    void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, c->fd, (off_t)c->slots_offset);
     if (m == MAP_FAILED) {
         fmt(c->err, sizeof(c->err), "cannot map %" PRIu64 " bytes of slots: %s", len,
             strerror(errno));
