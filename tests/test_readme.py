@@ -23,11 +23,41 @@ def test_readme_has_python_examples():
     assert BLOCKS, "README.md lost its examples"
 
 
-@pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+PLAIN = [b for b in BLOCKS if "modcam.client" not in b]
+CLIENT = [b for b in BLOCKS if "modcam.client" in b]
+
+
+@pytest.mark.parametrize("code", PLAIN, ids=[f"block{i}" for i in range(len(PLAIN))])
 def test_readme_example_runs_and_prints_what_it_says(code):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == promised_output(code)
+
+
+@pytest.mark.parametrize("code", CLIENT, ids=[f"client{i}" for i in range(len(CLIENT))])
+def test_readme_client_example_runs_against_modcamd(modcamd, tmp_path, code):
+    """The Python client examples, against modcamd on a private bus with a
+    virtual module MC0001 plugged ($MODCAM_BUS points at that bus)."""
+    modcamd.plug("MC0001")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=modcamd.env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr + modcamd.log()[-3000:]
+    assert run.stdout.splitlines() == promised_output(code)
+
+
+def test_readme_modcamctl_commands_run_against_modcamd(modcamd, tmp_path):
+    """Each line of the modcamctl example succeeds, in order, against a virtual module."""
+    block = next(b for b in re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
+                 if "modcamctl" in b)
+    vm = modcamd.plug("MC0001")
+    env = dict(modcamd.env, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    for line in (ln.split("#")[0].strip() for ln in block.strip().splitlines()):
+        run = subprocess.run(line.split(), capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=120)
+        assert run.returncode == 0, (line, run.stderr)
+    assert (tmp_path / "photo.jpg").stat().st_size > 0
+    assert modcamd.client.prop(vm.path, "ExposureTime") == 8000
+    assert modcamd.client.prop(vm.path, "LensPosition") == 1.25
 
 
 def test_readme_virtual_module_commands_run(tmp_path):
@@ -35,7 +65,7 @@ def test_readme_virtual_module_commands_run(tmp_path):
     line serves (and plugs) a module, the others act on it; the last one pulls
     it off, so the first must then exit by itself."""
     block = next(b for b in re.findall(r"```sh\n(.*?)```", README.read_text(), re.S)
-                 if "modcam-virtual-module" in b)
+                 if "modcam-virtual-module run" in b or "--plug" in b)
     lines = [line.split("#")[0].strip() for line in block.strip().splitlines()]
     env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path),
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
