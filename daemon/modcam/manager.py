@@ -74,5 +74,5 @@ class Manager:
                     module.channel.request("power", on=False, timeout=1.0)
                 except Exception as exc:    # noqa: BLE001 - best effort while stopping
                     log.warning("module %s: cannot power down: %s", module.serial, exc)
-            module.remove()
+            module.remove("is unavailable: modcamd is stopping")
         self.modules.clear()

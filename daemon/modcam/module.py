@@ -363,8 +363,9 @@ class Module(ModulePower):
             self.channel.close()
         self.channel, self._attached = None, None
 
-    def remove(self) -> None:
-        """The module was unplugged: fail everything pending, free everything."""
+    def remove(self, why: str = "was removed") -> None:
+        """The module was unplugged (or modcamd is stopping): fail everything
+        pending with Removed, free everything."""
         if self.removed:
             return
         self.removed = True
@@ -372,5 +373,5 @@ class Module(ModulePower):
             if getattr(self, timer):
                 GLib.source_remove(getattr(self, timer))
                 setattr(self, timer, 0)
-        self._fail_all(Removed(f"module {self.serial} was removed"))
+        self._fail_all(Removed(f"module {self.serial} {why}"))
         self._close_channel()

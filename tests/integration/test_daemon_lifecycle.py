@@ -18,11 +18,13 @@ def fds_and_threads(pid: int) -> tuple[int, int]:
     return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
 
 
-@pytest.mark.parametrize("moment", ["streaming", "capturing", "autofocus"])
-def test_unplug_at_any_moment_fails_pending_calls_with_removed(modcamd, moment):
+@pytest.mark.parametrize("moment", ["booting", "streaming", "capturing"])
+def test_unplug_at_any_moment_fails_pending_calls_with_removed(daemon_harness, moment):
+    modcamd = daemon_harness.start(idle_timeout=1.0)
     c = modcamd.client
     pid = modcamd.daemon.proc.pid
-    vm = modcamd.add_module("MC0301", sensor=(11552, 8672), extra_args=("--source", "synthetic"))
+    vm = modcamd.add_module("MC0301", sensor=(11552, 8672), boot_seconds=0.5,
+                            extra_args=("--source", "synthetic"))
     vm.plug()
     c.wait_signal("ModuleAdded")
     c.eventually(lambda: c.prop(vm.path, "Sensor"), 10, "identity")
@@ -32,9 +34,11 @@ def test_unplug_at_any_moment_fails_pending_calls_with_removed(modcamd, moment):
     for f in os.listdir(modcamd.capture_dir):
         os.unlink(os.path.join(modcamd.capture_dir, f))
     before = fds_and_threads(pid)
-    if moment == "autofocus":
+    if moment in ("booting", "streaming"):        # an autofocus cycle streams binned frames
+        if moment == "booting":
+            c.eventually(lambda: c.prop(vm.path, "State") == "off", 5, "the idle power-down")
         pending = c.call_async(vm.path, names.MODULE_INTERFACE, "AutoFocus")
-        wait_for = "streaming"
+        wait_for = moment
     else:
         pending = c.call_async(vm.path, names.MODULE_INTERFACE, "Capture",
                                [{"formats": GLib.Variant("as", ["jpeg", "dng"])}], "a{sv}")
