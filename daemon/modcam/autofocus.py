@@ -53,10 +53,14 @@ class StreamRun:
         self._started = time.monotonic()
 
     def start(self) -> Pending:
+        self.m.begin(self.kind)
+        return self._run(self._finish)
+
+    def _run(self, on_done) -> Pending:
+        """Ready the module, switch to binned, stream; frames come to _on_frame."""
         m = self.m
-        m.begin(self.kind)
         m.track(self.result)
-        self.result.add_done_callback(self._finish)
+        self.result.add_done_callback(on_done)
         m.ensure_ready().then(self._setup).then(
             lambda _: m.request("stream", on=True, fps=1000.0)).add_done_callback(
             lambda p: self.result.reject(p.error) if p.error else self._arm())
@@ -203,14 +207,8 @@ class MeteringRun(StreamRun):
         self.engine = StatsEngine(module.calibration, mode="binned")
 
     def start(self) -> Pending:
-        # Metering is part of a capture that already holds the module.
-        m = self.m
-        m.track(self.result)
-        self.result.add_done_callback(self._finish_metering)
-        m.ensure_ready().then(self._setup).then(
-            lambda _: m.request("stream", on=True, fps=1000.0)).add_done_callback(
-            lambda p: self.result.reject(p.error) if p.error else self._arm())
-        return self.result
+        # Metering is part of a capture that already holds the module: no begin().
+        return self._run(self._finish_metering)
 
     def _finish_metering(self, p) -> None:
         self.m.work += 1          # _finish's end() balances this; the capture keeps `busy`

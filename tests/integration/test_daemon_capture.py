@@ -174,3 +174,18 @@ def test_idle_module_powers_down(daemon_harness):
     c.eventually(lambda: c.prop(vm.path, "State") == "off", 5, "idle power-down")
     assert 0.9 <= time.monotonic() - t0 <= 2.5
     assert vm.sim("status")["state"] == "off"
+
+
+def test_auto_exposure_meters_before_the_still(modcamd):
+    """With AeEnable, four times the light gives a quarter of the exposure."""
+    c = modcamd.client
+    vm = modcamd.plug("MC0112")
+    c.module("SetControls", vm.path, [{"AeEnable": v("b", True)}], "a{sv}")
+    totals = []
+    for lux in (200.0, 800.0):
+        vm.sim("sim.set_ambient", lux=lux)
+        res = c.module("Capture", vm.path, [{}], "a{sv}")
+        totals.append(res["exposure_time"] * res["analogue_gain"])
+        assert c.prop(vm.path, "ExposureTime") == res["exposure_time"]
+    assert totals[0] / totals[1] == pytest.approx(4.0, rel=0.25), totals
+    assert c.prop(vm.path, "AeEnable") is True
