@@ -75,7 +75,7 @@ class Service:
         self.bus_object = objects.ManagerObject(self.connection, None, c.capture_dir,
                                                 Access(self.connection, c.camera_group))
         self.manager = Manager(c, self.executor, self._added, self.bus_object.module_removed,
-                               self.bus_object.module_changed)
+                               self._changed)
         self.bus_object.manager = self.manager
         self._sub_id = objects.watch_clients(self.connection, self.bus_object.client_vanished)
         self.watch = self._start_udev()
@@ -91,6 +91,11 @@ class Service:
     def _added(self, module) -> None:
         self.bus_object.module_added(module)
         self._status()
+
+    def _changed(self, module, changed: dict) -> None:
+        self.bus_object.module_changed(module, changed)
+        if "State" in changed:
+            self._status()
 
     def _start_udev(self) -> UdevWatch:
         import pyudev

@@ -81,11 +81,13 @@ def test_sd_notify_ready_status_and_watchdog(daemon_harness, tmp_path):
     h.start(env_extra={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
     drain(time.monotonic() + 1.0)
     vm = h.plug("MC0302")
+    h.client.module("Claim", vm.path)
     drain(time.monotonic() + 0.5)
     text = "\n".join(messages)
     assert "READY=1" in text
     assert "STATUS=no module attached" in text
-    assert "STATUS=1 module(s): MC0302" in text
+    assert "STATUS=1 module(s): MC0302 off" in text
+    assert "STATUS=1 module(s): MC0302 ready" in text
     assert text.count("WATCHDOG=1") >= 4
     h.daemon.stop()
     drain(time.monotonic() + 0.3)
