@@ -25,6 +25,8 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable
 
+import pydbus
+import pydbus.bus
 from gi.repository import Gio, GLib
 
 from modcam import names
@@ -179,8 +181,6 @@ def connect(bus: str | None = None) -> "Client":
     """A Client on `bus`: "system", "session" or a D-Bus address; default
     $MODCAM_BUS, else "system". Raises ModcamClientError("NotRunning") when
     modcamd does not own org.modcam.Camera1 there."""
-    import pydbus
-    import pydbus.bus
     bus = bus or os.environ.get("MODCAM_BUS") or "system"
     # An address's guid=... part only makes messages longer.
     label = {"system": "the system bus", "session": "the session bus"}.get(
@@ -194,7 +194,13 @@ def connect(bus: str | None = None) -> "Client":
             dbus = pydbus.bus.connect(bus)
     except GLib.Error as err:
         raise ModcamClientError("NoBus", f"cannot connect to {label}: {err.message}") from None
-    return Client(dbus, label, owns_connection=bus not in ("system", "session"))
+    owns = bus not in ("system", "session")
+    try:
+        return Client(dbus, label, owns_connection=owns)
+    except ModcamClientError:
+        if owns:                      # a private connection would otherwise leak
+            dbus.con.close_sync(None)
+        raise
 
 
 class Client:
