@@ -16,9 +16,10 @@ import logging
 import os
 import re
 import shlex
+import socket
 import sys
 
-from systemd import daemon, journal
+from systemd import journal
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +119,11 @@ class Notifier:
     """sd_notify(3) for modcamd.  No method raises: the service manager is a
     spectator, and a failed notification is logged at debug and forgotten.
 
-    systemd.daemon.notify() reads $NOTIFY_SOCKET at each call (path or
-    "@abstract" name) and returns False when it is unset.  It sends with a
-    blocking sendmsg() while holding the GIL: if the receiver stops reading
-    and its queue (net.unix.max_dgram_qlen, often 10) fills, the whole
-    process stops.  PID 1 always reads; a test that points $NOTIFY_SOCKET at
-    its own socket must keep draining it.
+    $NOTIFY_SOCKET is read at each call (a path or an "@abstract" name);
+    unset means not under systemd.  The datagram is sent without blocking:
+    systemd.daemon.notify() uses a blocking sendmsg() while holding the GIL,
+    so a receiver that stopped reading (its queue, net.unix.max_dgram_qlen,
+    full) would stop the whole daemon; here that notification is dropped.
     """
 
     def __init__(self):
@@ -132,9 +132,16 @@ class Notifier:
         self._watchdog_source = None
 
     def _notify(self, message: str) -> bool:
+        address = os.environ.get("NOTIFY_SOCKET")
+        if not address:
+            return False
+        if address.startswith("@"):
+            address = "\0" + address[1:]
         try:
-            return bool(daemon.notify(message))
-        except Exception as exc:  # OSError from a bad NOTIFY_SOCKET, and anything else
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                s.sendto(message.encode(), socket.MSG_DONTWAIT, address)
+            return True
+        except OSError as exc:  # a full queue, a bad NOTIFY_SOCKET, no receiver
             log.debug("sd_notify %r failed: %s", message, exc)
             return False
 

@@ -324,3 +324,20 @@ def test_no_watchdog_unless_asked_for_this_process(notify_socket, monkeypatch, w
         assert run_main_loop(0.3, notify_socket) == []
     finally:
         n.close()
+
+
+def test_a_receiver_that_stops_reading_never_blocks_the_daemon(monkeypatch, tmp_path):
+    """The notify socket's queue fills (nobody reads): notifications are dropped, not waited on."""
+    import socket
+    import time
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(tmp_path / "stuck"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "stuck"))
+    notifier = journal.Notifier()
+    t0 = time.monotonic()
+    for i in range(200):                     # far beyond net.unix.max_dgram_qlen
+        notifier.status(f"status {i}")
+    assert time.monotonic() - t0 < 2.0
+    first = server.recv(4096).decode()
+    assert first == "STATUS=status 0"
+    server.close()
