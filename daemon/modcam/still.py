@@ -13,6 +13,7 @@ told to stop (cancel) and the ring is detached only after it lets go.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -29,6 +30,23 @@ from modcam.pending import Pending
 
 log = logging.getLogger("modcam.still")
 STILL_TIMEOUT_S = 10.0
+
+
+try:
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):      # not glibc
+    _malloc_trim = None
+
+
+def _run_and_trim(job, **kw):
+    """run_still, then hand the ISP's freed buffers back to the system: glibc
+    keeps them in per-thread arenas otherwise, and an idle daemon would sit
+    on tens of MB after a few 100 MP stills."""
+    try:
+        return run_still(job, **kw)
+    finally:
+        if _malloc_trim is not None:
+            _malloc_trim(0)
 
 
 class StillCapture:
@@ -165,8 +183,8 @@ class StillCapture:
                                                model=ident.get("model", ""), serial=m.serial,
                                                firmware=ident.get("firmware", "")),
                        options=self.options, wb_gains=wb)
-        self.worker = m.executor.submit(run_still, job, directory=self.directory, fd=self.fd,
-                                        cancel=self.cancel)
+        self.worker = m.executor.submit(_run_and_trim, job, directory=self.directory,
+                                        fd=self.fd, cancel=self.cancel)
         self.worker.add_done_callback(lambda f: GLib.idle_add(self._developed, f))
         return GLib.SOURCE_REMOVE
 
