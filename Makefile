@@ -19,7 +19,7 @@ ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
 # uevents sent by the tests reach the daemon (see tests/conftest.py).
 PYTEST := umockdev-wrapper $(PY) -m pytest
 
-.PHONY: all setup system build asan test test-asan fuzz fuzz-ci bench demo clean
+.PHONY: all setup system build asan test test-asan fuzz fuzz-ci bench demo stress clean
 
 all: build
 
@@ -84,6 +84,10 @@ bench: setup $(VENV)/.stamp-bench
 # A private bus, modcamd and a virtual 100 MP module: plug, capture JPEG + DNG, unplug.
 demo: setup
 	umockdev-wrapper $(PY) scripts/demo.py $(DEMO_ARGS)
+
+# 10 000 plug/unplug cycles under modcamd with 4 clients; report in build/stress/.
+stress: setup
+	umockdev-wrapper $(PY) -m modcam.stress.cli --cycles 10000 --clients 4 --seed $${SEED:-1} --out build/stress
 
 clean:
 	rm -rf build $(NATIVE_SO) daemon/modcam/_native.c *.egg-info daemon/*.egg-info
