@@ -4,6 +4,8 @@
 #   make bench   the benchmarks in bench/ (BENCH_ARGS=--quick for a short run)
 #   make fuzz    the libFuzzer harnesses for FUZZ_SECONDS (default 600) each
 #   make demo    plug a virtual module and capture through the daemon
+#   make deb     the Debian package, in build/deb (lintian-clean)
+#   make stress  10 000 hot-plug cycles with modcam-stress
 
 PYTHON ?= python3
 VENV := .venv
@@ -91,3 +93,6 @@ stress: setup
 
 clean:
 	rm -rf build $(NATIVE_SO) daemon/modcam/_native.c *.egg-info daemon/*.egg-info
+
+# make deb: the Debian package (packaging/debian, built in build/deb)
+include packaging/deb.mk
