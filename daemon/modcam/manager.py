@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from modcam import journal
+from modcam.errors import Removed
 from modcam.link.module_info import ModuleInfo
 from modcam.module import Module
 
@@ -68,6 +69,10 @@ class Manager:
     def shutdown(self) -> None:
         """Power every module down and forget them (SIGTERM)."""
         for module in list(self.modules.values()):
+            # Pending calls first: the power-off below makes the module end a
+            # boot or a still ("module is off"), and that must not be their answer.
+            module.fail_pending(Removed(f"module {module.serial} is unavailable: "
+                                        "modcamd is stopping"))
             if module.channel is not None and module.state in ("booting", "ready", "streaming",
                                                                "capturing"):
                 try:

@@ -72,6 +72,7 @@ class Module(ModulePower):
         self._boot_timer = self._idle_timer = self._stats_timer = 0
         self._tracked: set[Pending] = set()
         self._watch = 0
+        self._host_power_off = False          # a retry's power-off is in flight
         self.module_controls: dict = {}       # what the module reports it has
         self.settings = {"AeEnable": False, "AwbEnable": True, "ColourGains": (1.0, 1.0),
                          "AfMode": "manual", "ExposureTime": 10000, "AnalogueGain": 1.0,
@@ -123,12 +124,12 @@ class Module(ModulePower):
             "Temperature": float(self.temperature), "PowerDraw": int(self.power_mw),
             "IdleTimeout": int(round(self.config.idle_timeout)),
             "Clients": self.claims.holders,
-            "FramesReceived": stats.delivered if stats else self._frames[0],
-            "FramesDropped": stats.dropped if stats else self._frames[1],
-            "FramesCorrupt": stats.skipped if stats else self._frames[2],
+            "FramesReceived": self._frames[0] + (stats.delivered if stats else 0),
+            "FramesDropped": self._frames[1] + (stats.dropped if stats else 0),
+            "FramesCorrupt": self._frames[2] + (stats.skipped if stats else 0),
         }
 
-    _frames = (0, 0, 0)       # counters of rings already detached
+    _frames = (0, 0, 0)       # the counters of the rings already detached, summed
 
     def changed(self) -> None:
         """Publish whatever differs from what was last published."""
@@ -296,8 +297,9 @@ class Module(ModulePower):
         if state == "error":
             self._fail_boot(Failed(f"module {self.serial} failed: {self._module_reason or 'error'}"))
         elif state == "off" and previous in POWERED:
-            self._fail_boot(Failed(f"module {self.serial} powered off: "
-                                   f"{self._module_reason or 'no reason given'}"))
+            if not self._host_power_off:
+                self._fail_boot(Failed(f"module {self.serial} powered off: "
+                                       f"{self._module_reason or 'no reason given'}"))
             self._drop_ring()
         self.changed()
 
@@ -325,7 +327,15 @@ class Module(ModulePower):
     def claim(self, sender: str) -> Pending:
         self.claims.add(sender)
         self.changed()
-        return self.track(self.ensure_ready())
+        p = self.track(self.ensure_ready())
+        p.add_done_callback(lambda r: r.error is not None and self._claim_failed(sender))
+        return p
+
+    def _claim_failed(self, sender: str) -> None:
+        """A Claim answered with an error holds nothing: the caller will not Release it."""
+        if self.claims.count(sender):      # not if it left the bus meanwhile
+            self.claims.release(sender)
+            self.changed()
 
     def release(self, sender: str) -> None:
         self.claims.release(sender)
@@ -346,6 +356,10 @@ class Module(ModulePower):
             self._fault = f"the module's control channel closed: {why}"
             self._mstate = "off"
             self.changed()
+
+    def fail_pending(self, error: BaseException) -> None:
+        """Fail every call waiting on this module (modcamd is stopping)."""
+        self._fail_all(error)
 
     def _fail_all(self, error: BaseException) -> None:
         self._fail_boot(error)

@@ -50,7 +50,13 @@ class ModulePower:
         if not self._boot_timer:
             self._boot_timer = GLib.timeout_add(int(self.config.boot_timeout * 1000),
                                                 self._boot_timed_out)
-        first = self._request("power", on=False) if retry else Pending.resolved(None)
+        first = Pending.resolved(None)
+        if retry:
+            # The module reports "off" (before its reply) for this power-off of
+            # ours: not the end of the boot our waiters wait for.
+            self._host_power_off = True
+            first = self._request("power", on=False)
+            first.add_done_callback(lambda _: setattr(self, "_host_power_off", False))
         first.then(lambda _: self._request("power", on=True)).add_done_callback(
             lambda r: self._fail_boot(r.error) if r.error else self.changed())
         # The ring (hundreds of MB to set up on both sides) is made while the
@@ -136,7 +142,9 @@ class ModulePower:
         if self.pump is not None:
             st = self.pump.stats
             if st is not None:
-                self._frames = (st.delivered, st.dropped, st.skipped)
+                received, dropped, corrupt = self._frames
+                self._frames = (received + st.delivered, dropped + st.dropped,
+                                corrupt + st.skipped)
             self.pump.close()
             self.pump = None
         if self._stats_timer:
@@ -150,8 +158,8 @@ class ModulePower:
     def _on_ring_corrupt(self, why: str) -> None:
         self._drop_ring()
         self._set_fault(f"the frame ring is corrupt: {why}")
-        if self.frame_handler is not None:
-            self.frame_handler(None)
+        # The module is still here: what waited on the ring failed, it was not removed.
+        self._fail_all(Failed(f"module {self.serial}: the frame ring is corrupt ({why})"))
 
     # -- idle power-down -------------------------------------------------------
 

@@ -141,12 +141,17 @@ class StillCapture:
         if self.frame is not None:
             self._develop()
             return
-        if self.pump is not None:
-            self.pump.pump()
-        if self.frame is None and self.pump is not None and self.pump.stats is not None \
-                and self.pump.stats.last_sequence >= self.sequence:
+        pump = self.pump
+        if pump is None or pump is not m.pump:
+            return                    # the ring went away: that fails the capture
+        pump.pump()
+        # The module replies once the still is in the ring, so the pump has now
+        # read every frame up to it. Not handed to us (and no lease in the way):
+        # the ring skipped it as damaged, whatever became of its sequence number
+        # (a truncated header is not trusted to move it).
+        if self.frame is None and pump.held is None and pump.consumer is not None:
             self.result.reject(Failed(f"module {m.serial}: the still arrived damaged and was "
-                                      f"discarded ({self.pump.consumer.last_skip})"))
+                                      f"discarded ({pump.consumer.last_skip})"))
 
     def _on_frame(self, frame) -> bool:
         if frame is None:

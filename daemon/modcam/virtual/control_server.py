@@ -366,6 +366,8 @@ class ControlServer:
         conn, rid = token            # from the streamer thread: answer on the loop
 
         def answer():
+            if self._dropping:       # link_drop: the module has vanished, nothing goes out
+                return
             if result is not None:
                 self._reply(conn, protocol.ok(rid, result))
             else:

@@ -372,7 +372,7 @@ class Streamer:
             self._producer = Producer.recover(producer.region_fd)   # publishes it ABORTED
             self._producer.set_doorbell(self._doorbell)
             producer.close()
-            return False
+            return True           # published (damaged), not dropped for a full ring
         slot[:flat.size] = flat
         producer.commit(info, fault=_RING_FAULTS[fault])
         return True
