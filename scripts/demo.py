@@ -23,14 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "daemon"))
 
-from modcam import names  # noqa: E402
 from modcam.client import connect  # noqa: E402
+from modcam.lab import PrivateBus  # noqa: E402
 from modcam.virtual.udev_device import VirtualUdevBed, preload_active  # noqa: E402
-
-BUS_CONF = """<busconfig><type>session</type><listen>unix:path={path}</listen>
-<auth>EXTERNAL</auth><policy context="default"><allow send_destination="*"/>
-<allow receive_sender="*"/><allow own="*"/></policy></busconfig>"""
-
 
 def step(text: str, t0: float) -> None:
     print(f"  {text:<44} {time.monotonic() - t0:7.2f} s", flush=True)
@@ -57,17 +52,14 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="modcam-demo-"))
     out = Path(args.out or work / "captures")
     procs: list[subprocess.Popen] = []
+    bus = None
     bed = VirtualUdevBed()
     env = bed.env({**os.environ, "PYTHONPATH": str(REPO / "daemon")})
     t0 = time.monotonic()
     print("modcam demo: a virtual module, modcamd and a private D-Bus", flush=True)
     try:
-        (work / "bus.conf").write_text(BUS_CONF.format(path=work / "bus"))
-        bus = subprocess.Popen(["dbus-daemon", "--nofork", "--print-address",
-                                f"--config-file={work / 'bus.conf'}"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        procs.append(bus)
-        address = bus.stdout.readline().strip()
+        bus = PrivateBus(str(work))
+        address = bus.address
         control = str(work / "MC0001.sock")
         module_args = ["--sensor", args.sensor] if args.sensor else []
         vm = subprocess.Popen([sys.executable, "-m", "modcam.virtual.cli", "run", "--serial",
@@ -121,6 +113,8 @@ def main() -> int:
                     p.wait(10)
                 except subprocess.TimeoutExpired:
                     p.kill()
+        if bus is not None:
+            bus.close()
         bed.close()
         if args.out is None and not (out.exists() and any(out.iterdir())):
             shutil.rmtree(work, ignore_errors=True)

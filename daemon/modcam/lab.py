@@ -29,7 +29,8 @@ from gi.repository import Gio, GLib
 from modcam import names
 from modcam.virtual.udev_device import VirtualUdevBed, preload_active
 
-__all__ = ["Lab", "LabError", "VirtualModule", "Modcamd", "SignalWatch", "process_stats"]
+__all__ = ["Lab", "LabError", "PrivateBus", "VirtualModule", "Modcamd", "SignalWatch",
+           "process_stats"]
 
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -59,6 +60,29 @@ def _python_env(base: dict[str, str]) -> dict[str, str]:
     paths = [here] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
+
+
+class PrivateBus:
+    """A dbus-daemon of our own in `directory` (BUS_CONFIG, or `config_text`);
+    `.address` to connect, `.close()` to stop it."""
+
+    def __init__(self, directory: str, config_text: str | None = None):
+        self.socket = os.path.join(directory, "bus")
+        config = os.path.join(directory, "bus.conf")
+        Path(config).write_text(config_text or BUS_CONFIG.format(socket=self.socket))
+        self.proc = subprocess.Popen(["dbus-daemon", "--nofork", "--print-address",
+                                      f"--config-file={config}"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.address = self.proc.stdout.readline().strip()
+        if not self.address:
+            raise LabError(f"dbus-daemon did not start: {self.proc.stderr.read()}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 class _Child:
@@ -241,11 +265,12 @@ class Lab:
         self.plugged: set[str] = set()
         self.bed = VirtualUdevBed()
         self.env = _python_env(self.bed.env())
-        self._bus_proc = None
+        self._bus: PrivateBus | None = None
         self.daemon: Modcamd | None = None
         self.watch: SignalWatch | None = None
         try:
-            self.address = self._start_bus()
+            self._bus = PrivateBus(self.workdir)
+            self.address = self._bus.address
             self.watch = SignalWatch(self.address)
             self.daemon = Modcamd(self.env, self.address, self.capture_dir,
                                   idle_timeout=idle_timeout, log_level=daemon_log_level)
@@ -253,18 +278,6 @@ class Lab:
         except BaseException:
             self.close()
             raise
-
-    def _start_bus(self) -> str:
-        sock = os.path.join(self.workdir, "bus")
-        config = os.path.join(self.workdir, "bus.conf")
-        Path(config).write_text(BUS_CONFIG.format(socket=sock))
-        self._bus_proc = subprocess.Popen(
-            ["dbus-daemon", "--nofork", "--print-address", f"--config-file={config}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        address = self._bus_proc.stdout.readline().strip()
-        if not address:
-            raise LabError(f"dbus-daemon did not start: {self._bus_proc.stderr.read()}")
-        return address
 
     def _wait_owned(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -336,12 +349,8 @@ class Lab:
             vm.stop()
         if self.watch is not None:
             self.watch.close()
-        if self._bus_proc is not None:
-            if self._bus_proc.poll() is None:
-                self._bus_proc.terminate()
-                self._bus_proc.wait(5)
-            self._bus_proc.stdout.close()
-            self._bus_proc.stderr.close()
+        if self._bus is not None:
+            self._bus.close()
         self.bed.close()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,8 +1,8 @@
 """modcamd under test: a private dbus-daemon, the daemon as its own process,
 virtual modules as their own processes, plugged with real umockdev uevents.
 
-* ``PrivateBus``: a dbus-daemon from a generated config (session-like: any
-  name may be owned), its address, stopped on close.
+* ``PrivateBus`` (modcam.lab): a dbus-daemon from a generated config
+  (session-like: any name may be owned), its address, stopped on close.
 * ``BusClient``: a Gio connection from the test process with a signal
   recorder; ``call()``, ``prop()``, ``wait_signal()`` and ``eventually()``
   iterate the GLib main context, so signals are seen without sleeps.
@@ -21,49 +21,13 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 from gi.repository import Gio, GLib
 
 from modcam import names
+from modcam.lab import PrivateBus
 from modcam.link.control_channel import ControlChannel
-from tests.support.testbed import REPO_ROOT, UdevTestbed
-
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
-
-
-class PrivateBus:
-    def __init__(self, directory: str, config_text: str | None = None):
-        self.socket = os.path.join(directory, "bus")
-        config = os.path.join(directory, "bus.conf")
-        Path(config).write_text(config_text or BUS_CONFIG.format(socket=self.socket))
-        self.proc = subprocess.Popen(["dbus-daemon", "--nofork", "--print-address",
-                                      f"--config-file={config}"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.address = self.proc.stdout.readline().strip()
-        if not self.address:
-            raise RuntimeError(f"dbus-daemon did not start: {self.proc.stderr.read()}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(5)
-        self.proc.stdout.close()
-        self.proc.stderr.close()
-
+from tests.support.testbed import UdevTestbed
 
 class BusClient:
     """A bus connection in the test process that records modcamd's signals."""
