@@ -115,3 +115,21 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture(scope="module")
+def checkout_reachable_by_others():
+    """Tests that run this checkout's code as other users (setpriv) need every
+    directory above it to be searchable by them; a checkout under a private
+    directory (mktemp -d is 0700) is not. Adds o+x where it is missing, for the
+    module's tests only, and puts the modes back."""
+    import stat
+    changed = []
+    for d in [_REPO, *_REPO.parents]:
+        mode = d.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(d, mode | stat.S_IXOTH)
+            changed.append((d, mode))
+    yield
+    for d, mode in changed:
+        os.chmod(d, stat.S_IMODE(mode))

@@ -136,7 +136,8 @@ except GLib.Error as e:
 """
 
 
-def test_a_caller_outside_the_camera_group_may_look_but_not_capture(modcamd):
+def test_a_caller_outside_the_camera_group_may_look_but_not_capture(modcamd,
+                                                                   checkout_reachable_by_others):
     import subprocess
     import sys
     vm = modcamd.plug("MC0207")

@@ -191,6 +191,11 @@ class PolicyRig:
 
 # Module scope, not session: the accounts are gone before other modules run
 # (a package test must find the machine as the package found it).
+@pytest.fixture(scope="module", autouse=True)
+def _reachable(checkout_reachable_by_others):
+    """modcamd and the callers run this checkout's code as other users."""
+
+
 @pytest.fixture(scope="module")
 def accounts():
     acc = Accounts().ensure()
