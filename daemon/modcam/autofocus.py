@@ -170,6 +170,7 @@ class AutofocusRun(StreamRun):
 
     def _land(self, res) -> None:
         m = self.m
+        self.waiting = True       # the cycle is over: no frame may step it again
         position = min(max(res.position, 0.0), m.limits.lens_position[1])
         elapsed = time.monotonic() - self._started
 
