@@ -68,6 +68,21 @@ def test_frame_round_trips_header_and_bytes(ring):
         assert not frame.data.flags.writeable
 
 
+def test_header_reals_keep_their_float32_value(ring):
+    """Shown short (2.8, not 2.799999952316284) but never moved to another
+    float32: 7 significant digits would turn 0.83284575f into 0.83284569f."""
+    p, c = ring
+    values = [float(np.float32(v)) for v in (0.8328457474708557, 1.0 / 3.0, 1e-7, 2.8)]
+    fi = info(analogue_gain=values[0], lens_position=values[1], aperture=values[3],
+              temperature_c=values[2])
+    assert p.write(fi, payload_for(fi, 1))
+    with c.acquire(timeout=1) as frame:
+        h = frame.header
+        got = (h.analogue_gain, h.lens_position, h.temperature_c, h.aperture)
+    assert [np.float32(v) for v in got] == [np.float32(v) for v in values]
+    assert got[3] == 2.8
+
+
 def test_full_ring_drops_newest_and_consumer_sees_the_gap(ring):
     p, c = ring
     fi = info()

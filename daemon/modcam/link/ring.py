@@ -125,7 +125,9 @@ class FrameHeader(FrameInfo):
         values["cfa"] = CFA(values["cfa"])
         values["readout_mode"] = Readout(values["readout_mode"])
         for name in ("analogue_gain", "lens_position", "aperture", "temperature_c"):
-            values[name] = float(f"{values[name]:.7g}")  # float32 on the wire: 1.4, not 1.3999999
+            # float32 on the wire, shown by its shortest round-tripping decimal:
+            # 1.4, not 1.399999976158142, and never a different float32.
+            values[name] = float(str(np.float32(values[name])))
         # payload_length is not stored: the consumer checked it equals stride * height.
         return cls(**values, sequence=h.sequence, crc32c=h.crc32c)
 

@@ -25,6 +25,7 @@ import dataclasses
 import enum
 import math
 import re
+import struct
 import threading
 import time
 
@@ -86,6 +87,11 @@ class ModuleConfig:
                 raise ValueError(f"{name} must be a positive number, not {getattr(self, name)}")
         if not self.warning_c < self.critical_c:
             raise ValueError("the warning temperature must be below the critical one")
+
+
+def _f32(value: float) -> float:
+    """`value` rounded to the nearest float32, as a frame header stores it."""
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def _checked(op: str, args: dict) -> dict:
@@ -307,10 +313,13 @@ class VirtualModule:
             return FramePlan(self._settings(), self._temp, flags, fault, still)
 
     def _settings(self) -> FrameSettings:
+        """The frame's settings, its real-valued ones as the frame header
+        carries them (float32): a frame is rendered from exactly what it says."""
         c = self._controls
         w, h, stride = self._geometry(c["readout_mode"])
         return FrameSettings(c["readout_mode"], w, h, stride, c["exposure_us"],
-                             c["analogue_gain"], c["aperture"], c["lens_position"],
+                             _f32(c["analogue_gain"]), _f32(c["aperture"]),
+                             _f32(c["lens_position"]),
                              self._scene["name"], self._scene["distance_m"], self._scene["seed"],
                              self._ambient["lux"], self._ambient["illuminant"])
 
