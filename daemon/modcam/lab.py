@@ -233,18 +233,24 @@ class SignalWatch:
 
 
 def process_stats(pid: int) -> dict | None:
-    """fds, threads and RSS (MB) of a live process, from /proc; None if it is gone."""
+    """fds, threads and memory (MB) of a live process, from /proc; None if it
+    is gone. `rss_mb` is the whole resident set; `anon_mb` its private heap
+    and stacks, where a leak shows; `file_mb` mapped files (libraries paged
+    in as code paths are first used); `shmem_mb` shared memory (frame rings)."""
     try:
         fds = len(os.listdir(f"/proc/{pid}/fd"))
         threads = len(os.listdir(f"/proc/{pid}/task"))
-        rss_kb = 0
+        kb = {}
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
-                    rss_kb = int(line.split()[1])
-        return {"fds": fds, "threads": threads, "rss_mb": rss_kb / 1024.0}
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                    kb[key] = int(rest.split()[0])
     except (FileNotFoundError, ProcessLookupError):
         return None
+    return {"fds": fds, "threads": threads, "rss_mb": kb.get("VmRSS", 0) / 1024.0,
+            "anon_mb": kb.get("RssAnon", 0) / 1024.0, "file_mb": kb.get("RssFile", 0) / 1024.0,
+            "shmem_mb": kb.get("RssShmem", 0) / 1024.0}
 
 
 class Lab:

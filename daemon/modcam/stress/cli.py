@@ -4,14 +4,18 @@ claim, capture and focus; check the daemon after every cycle; write a report.
     umockdev-wrapper modcam-stress --cycles 1000 --seed 7 --clients 4 --out stress-out
 
 Exit status: 0 when the run passed (no crash, hang, invalid capture,
-undocumented error or leaked fd, every state hit), 1 when it did not, 2 when
-it could not start. The same --seed replays the same plan.
+undocumented error or leaked fd, every state hit, RSS growth after the
+warm-up within --max-rss-growth), 1 when it did not, 2 when it could not
+start. Interrupted (SIGINT, SIGTERM, SIGHUP), it stops after the current
+cycle's step, writes the report of the cycles done (a failed run) and tears
+its daemon, bus and modules down. The same --seed replays the same plan.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -46,6 +50,10 @@ def _sensor(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modcam-stress", description=__doc__.splitlines()[0])
     p.add_argument("--cycles", type=int, default=100, help="plug/unplug cycles (default 100)")
@@ -57,17 +65,14 @@ def parser() -> argparse.ArgumentParser:
                    help="virtual module boot time (default 0.3)")
     p.add_argument("--sensor", type=_sensor, default=(256, 192), metavar="WxH",
                    help="virtual sensor size (default 256x192)")
+    p.add_argument("--max-rss-growth", type=float, default=2.0, metavar="MB",
+                   help="fail when modcamd's RSS grows more than this after the warm-up "
+                        "(the first 10%% of the cycles, 100 to 1000; default 2)")
     p.add_argument("--idle-timeout", type=float, default=1.0,
                    help="modcamd's idle power-down, seconds (default 1)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the seeded plan as JSON and exit (nothing is started)")
     return p
-
-
-def passed(report: dict) -> bool:
-    return not (report["crashes"] or report["hangs"] or report["captures_invalid"]
-                or report["undocumented_errors"] or report["states_missing"]
-                or report["leaked_fds"] or report["cycles"] < report["cycles_planned"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,22 +95,35 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as exc:
         print(f"modcam-stress: {exc}", file=sys.stderr)
         return 2
-    with lab:
+    # Stopped by SIGTERM or SIGHUP as by Ctrl-C: the cycles done are reported
+    # and the lab (bus, modcamd, virtual modules) is torn down, not orphaned.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    os.makedirs(args.out, exist_ok=True)
+    # The samples are also written as they are taken, for a run that is cut short.
+    with lab, open(os.path.join(args.out, "samples.csv"), "w") as live:
+        live.write(",".join(report_mod.SAMPLE_COLUMNS) + "\n")
+
+        def on_sample(sample: dict) -> None:
+            live.write(report_mod.sample_row(sample))
+            live.flush()
+
         run = Run(lab, seed=args.seed, cycles=args.cycles, clients=args.clients,
                   modules=args.modules, boot_seconds=args.boot_seconds, sensor=args.sensor,
-                  progress=Progress())
+                  progress=Progress(), on_sample=on_sample)
         outcome = run.run()
         rep = report_mod.build(run, outcome, {k: v for k, v in vars(args).items()})
         report_mod.write(args.out, rep, run)
         if rep["crashes"] or rep["failures"]:
             with open(os.path.join(args.out, "modcamd.log"), "w") as f:
                 f.write(lab.daemon.log)
-    ok = passed(rep)
-    print(f"modcam-stress: {'PASS' if ok else 'FAIL'}: {rep['cycles']} cycles, "
-          f"{rep['captures_ok']} captures ok, {rep['captures_invalid']} invalid, "
-          f"{rep['crashes']} crashes, {rep['hangs']} hangs, leaked fds {rep['leaked_fds']}; "
+    why = report_mod.problems(rep)
+    print(f"modcam-stress: {'FAIL (' + '; '.join(why) + ')' if why else 'PASS'}: "
+          f"{rep['cycles']} cycles, {rep['captures_ok']} captures ok, "
+          f"{rep['captures_invalid']} invalid, {rep['crashes']} crashes, {rep['hangs']} hangs, "
+          f"leaked fds {rep['leaked_fds']}, RSS growth {rep['rss_growth_mb']} MB; "
           f"report in {os.path.join(args.out, 'report.md')}", file=sys.stderr)
-    return 0 if ok else 1
+    return 1 if why else 0
 
 
 if __name__ == "__main__":

@@ -25,13 +25,40 @@ def percentiles(values: list[float]) -> dict:
             "p99_ms": round(float(np.percentile(a, 99)), 2), "max_ms": round(float(a.max()), 2)}
 
 
+def warmup_cycles(cycles: int) -> int:
+    """Cycles before the daemon's memory is compared: its caches, allocator
+    arenas and lazily started threads settle over the first hundred or so."""
+    return min(1000, max(100, cycles // 10))
+
+
+def memory(samples: list[dict], warm: int) -> dict:
+    """RSS growth after the warm-up: the median of the last tenth of the
+    samples minus the median of the first tenth after the warm-up (a sample
+    taken while a capture holds its buffers is an outlier, not a level), and
+    the least-squares trend over all of them. None when the run is too short
+    to have both windows."""
+    after = [s for s in samples if s["cycle"] >= warm]
+    if len(after) < 20:
+        return {"rss_growth_mb": None, "anon_growth_mb": None, "rss_trend_mb_per_1000": None}
+    n = max(10, len(after) // 10)
+
+    def growth(key: str) -> float:
+        first = np.median([s[key] for s in after[:n]])
+        last = np.median([s[key] for s in after[-n:]])
+        return round(float(last - first), 2)
+    slope = np.polyfit([s["cycle"] for s in after], [s["rss_mb"] for s in after], 1)[0]
+    return {"rss_growth_mb": growth("rss_mb"), "anon_growth_mb": growth("anon_mb"),
+            "rss_trend_mb_per_1000": round(float(slope) * 1000, 3)}
+
+
 def build(run, outcome: dict, args: dict) -> dict:
     t, samples = run.tally, run.samples
-    warm = max(3, min(50, len(samples) // 10))
-    window = samples[:warm]
+    warm = warmup_cycles(run.cycles)
+    window = [s for s in samples if s["cycle"] < warm] or samples[:1]
     baseline = ({"fds": min(s["fds"] for s in window), "threads": min(s["threads"] for s in window),
-                 "rss_mb": window[-1]["rss_mb"]} if window else None)
+                 "rss_mb": round(window[-1]["rss_mb"], 2)} if window else None)
     final = outcome["final"]
+    mem = memory(samples, warm)
     hit = set(run.states_at_unplug) | ({"autofocus"} if run.in_flight_at_unplug["AutoFocus"]
                                        else set())
     return {
@@ -43,8 +70,10 @@ def build(run, outcome: dict, args: dict) -> dict:
         "missed_signals": run.events["missed_signals"],
         "inconsistent_states": run.events["inconsistent_states"],
         "leaked_fds": (max(0, final["fds"] - baseline["fds"]) if final and baseline else None),
-        "rss_growth_mb": (round(final["rss_mb"] - baseline["rss_mb"], 2)
-                          if final and baseline else None),
+        "warmup_cycles": warm, **mem,
+        "max_rss_growth_mb": args.get("max_rss_growth"),
+        "rss_growth_total_mb": (round(final["rss_mb"] - samples[0]["rss_mb"], 2)
+                                if final and samples else None),
         "threads_growth": (final["threads"] - baseline["threads"] if final and baseline else None),
         "daemon_baseline": baseline, "daemon_final": final,
         "daemon_max": ({k: max(s[k] for s in samples) for k in ("fds", "threads", "rss_mb")}
@@ -75,12 +104,44 @@ def write(out_dir: str, report: dict, run) -> list[str]:
         f.write("\n")
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(markdown(report))
+    write_samples(os.path.join(out_dir, "samples.csv"), run.samples)
     return plots(out_dir, run)
 
 
+SAMPLE_COLUMNS = ("cycle", "fds", "threads", "rss_mb", "anon_mb", "file_mb", "shmem_mb")
+
+
+def sample_row(sample: dict) -> str:
+    return ",".join(f"{sample[k]:.2f}" if isinstance(sample[k], float) else str(sample[k])
+                    for k in SAMPLE_COLUMNS) + "\n"
+
+
+def write_samples(path: str, samples: list[dict]) -> None:
+    """The daemon's figures after every cycle, one CSV row each."""
+    with open(path, "w") as f:
+        f.write(",".join(SAMPLE_COLUMNS) + "\n")
+        f.writelines(sample_row(s) for s in samples)
+
+
+def problems(r: dict) -> list[str]:
+    """Why a run did not pass; empty when it did."""
+    out = [f"{r[k]} {k}" for k in ("crashes", "hangs", "client_crashes", "missed_signals",
+                                    "inconsistent_states", "captures_invalid", "leaked_fds")
+           if r.get(k)]
+    if r["undocumented_errors"]:
+        out.append(f"undocumented errors {r['undocumented_errors']}")
+    if r["states_missing"]:
+        out.append(f"unplugs never landed in {', '.join(r['states_missing'])}")
+    if r["cycles"] < r["cycles_planned"]:
+        out.append(f"only {r['cycles']} of {r['cycles_planned']} cycles ran")
+    bound = r.get("max_rss_growth_mb")
+    if bound is not None and r["rss_growth_mb"] is not None and r["rss_growth_mb"] > bound:
+        out.append(f"RSS grew {r['rss_growth_mb']} MB after the warm-up (bound {bound} MB)")
+    return out
+
+
 def markdown(r: dict) -> str:
-    ok = not (r["crashes"] or r["hangs"] or r["captures_invalid"] or r["undocumented_errors"]
-              or r["states_missing"] or r["leaked_fds"])
+    ok = not problems(r)
     lines = [f"# modcam-stress report: {'PASS' if ok else 'FAIL'}", "",
              f"Seed {r['seed']}, {r['cycles']} of {r['cycles_planned']} cycles, "
              f"{r['clients']} clients, {r['modules']} module(s), {r['elapsed_s']} s. "
@@ -88,9 +149,16 @@ def markdown(r: dict) -> str:
              f"--clients {r['clients']}`.", "",
              "| check | value |", "| --- | --- |"]
     for key in ("crashes", "hangs", "missed_signals", "inconsistent_states", "leaked_fds",
-                "rss_growth_mb", "threads_growth", "captures_ok", "captures_failed_documented",
-                "captures_failed_undocumented", "captures_invalid", "slow_calls"):
+                "rss_growth_mb", "anon_growth_mb", "rss_trend_mb_per_1000",
+                "rss_growth_total_mb", "threads_growth", "captures_ok",
+                "captures_failed_documented", "captures_failed_undocumented", "captures_invalid",
+                "slow_calls"):
         lines.append(f"| {key} | {r[key]} |")
+    lines += ["", f"Memory growth is measured after a warm-up of {r['warmup_cycles']} cycles "
+              f"(medians of the first and last tenth of the later samples; bound "
+              f"{r['max_rss_growth_mb']} MB); rss_growth_total_mb includes the warm-up."]
+    if not ok:
+        lines += ["", "Did not pass: " + "; ".join(problems(r)) + "."]
     lines += ["", "## Latency (ms)", "", "| step | n | p50 | p90 | p99 | max |",
               "| --- | --- | --- | --- | --- | --- |"]
     for key, p in r["latency"].items():

@@ -29,15 +29,16 @@ CALL_WAIT = 15.0           # the driver's calls must be answered this soon after
 
 class Run:
     def __init__(self, lab: Lab, *, seed: int, cycles: int, clients: int, modules: int = 1,
-                 boot_seconds: float = 0.3, sensor=(256, 192), progress=None):
+                 boot_seconds: float = 0.3, sensor=(256, 192), progress=None, on_sample=None):
         self.lab, self.seed, self.cycles, self.nclients = lab, seed, cycles, clients
         self.boot_seconds, self.sensor, self.progress = boot_seconds, sensor, progress
+        self.on_sample = on_sample      # called with each cycle's sample as it is taken
         self.plan = cycle_plan(seed, cycles, modules, boot_seconds)
         self.serials = serials(modules)
         self.tally, self.validator = Tally(), Validator()
         self.states_at_unplug: collections.Counter = collections.Counter()
         self.in_flight_at_unplug: collections.Counter = collections.Counter()
-        self.samples: list[dict] = []          # per cycle: fds, threads, rss_mb
+        self.samples: list[dict] = []          # per cycle: fds, threads, memory
         self.events: collections.Counter = collections.Counter()   # crashes, hangs...
         self.failures: list[str] = []
         self.done_cycles = 0
@@ -55,12 +56,15 @@ class Run:
         with connect(self.lab.address) as driver:
             for w in workers:
                 w.start()
-            for step in self.plan:
-                if not self._cycle(driver, step):
-                    break
-                self.done_cycles += 1
-                if self.progress:
-                    self.progress(self.done_cycles, self.cycles)
+            try:
+                for step in self.plan:
+                    if not self._cycle(driver, step):
+                        break
+                    self.done_cycles += 1
+                    if self.progress:
+                        self.progress(self.done_cycles, self.cycles)
+            except KeyboardInterrupt:       # SIGINT, or SIGTERM/SIGHUP (cli.py): report what ran
+                self.failures.append(f"interrupted after {self.done_cycles} cycles")
             stop.set()
             for w in workers:
                 w.join(60)
@@ -216,7 +220,10 @@ class Run:
             self.failures.append(f"cycle {step['cycle']}: {path} still listed after its unplug")
         stats = lab.daemon_stats()
         if stats is not None:
-            self.samples.append({"cycle": step["cycle"], **stats})
+            sample = {"cycle": step["cycle"], **stats}
+            self.samples.append(sample)
+            if self.on_sample:
+                self.on_sample(sample)
         return True
 
     def _settle(self, seconds: float = 3.0) -> dict | None:
