@@ -175,6 +175,7 @@ class SignalWatch:
             self._ctx.pop_thread_default()
         self._cond = threading.Condition()
         self.signals: list[tuple[float, str, str]] = []    # (monotonic, member, object path)
+        self._forgotten = 0      # signals dropped from the front of the list: marks stay valid
         self._loop = GLib.MainLoop.new(self._ctx, False)
         self._thread = threading.Thread(target=self._run, name="lab-signals", daemon=True)
         self._thread.start()
@@ -186,21 +187,29 @@ class SignalWatch:
     def _on_signal(self, _conn, _sender, _path, _iface, member, params):
         now = time.monotonic()
         with self._cond:
-            self.signals.append((now, member, params.unpack()[0]))
-            if len(self.signals) > 10000:
-                del self.signals[:5000]
+            self._record(now, member, params.unpack()[0])
             self._cond.notify_all()
 
+    def _record(self, t: float, member: str, path: str, keep: int = 10000) -> None:
+        """Append a signal; past `keep`, forget the older half (a long run would
+        grow without end). Marks count every signal ever recorded."""
+        self.signals.append((t, member, path))
+        if len(self.signals) > keep:
+            drop = len(self.signals) // 2
+            del self.signals[:drop]
+            self._forgotten += drop
+
     def mark(self) -> int:
+        """A position in the stream of signals, for wait(after=...)."""
         with self._cond:
-            return len(self.signals)
+            return self._forgotten + len(self.signals)
 
     def wait(self, member: str, path: str, after: int, timeout: float) -> float | None:
         """Monotonic time of the first `member` for `path` since `after`, or None."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for t, m, p in self.signals[after:]:
+                for t, m, p in self.signals[max(0, after - self._forgotten):]:
                     if m == member and p == path:
                         return t
                 remaining = deadline - time.monotonic()
