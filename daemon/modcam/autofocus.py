@@ -129,8 +129,7 @@ class StreamRun:
         if not m.removed and m.channel is not None:
             m.request("stream", on=False)
             if self._restore_mode:
-                m.request("set_controls", readout_mode=self._restore_mode).add_done_callback(
-                    lambda p: p.error or m._controls_applied(p.value))
+                m.put_back_controls(readout_mode=self._restore_mode)
         m.end(self.kind)
 
     # subclasses

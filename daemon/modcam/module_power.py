@@ -83,6 +83,18 @@ class ModulePower:
         step.then(self._controls_applied).then(lambda _: self._attach_ring()).add_done_callback(
             self._wake_waiters)
 
+    def put_back_controls(self, **controls) -> Pending:
+        """Restore module controls after a run (autofocus, a per-shot still).
+        The cached controls change at once, not at the reply: requests are
+        answered in order, and a capture that starts before the reply must
+        compare its wishes with what the module will have by then (else a
+        binned still right after an autofocus found "binned" cached, asked
+        for nothing, and got a full frame)."""
+        self.module_controls.update(controls)
+        p = self.request("set_controls", **controls)
+        p.add_done_callback(lambda r: r.error or self._controls_applied(r.value))
+        return p
+
     def _controls_applied(self, result) -> None:
         if isinstance(result, dict) and isinstance(result.get("controls"), dict):
             self.module_controls = dict(result["controls"])

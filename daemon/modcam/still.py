@@ -125,8 +125,7 @@ class StillCapture:
     def _triggered(self, p: Pending) -> None:
         m = self.m
         if self._restore and not m.removed:
-            m.request("set_controls", **self._restore).add_done_callback(
-                lambda r: r.error or m._controls_applied(r.value))
+            m.put_back_controls(**self._restore)
         if p.error is not None:
             self.result.reject(p.error)
             return

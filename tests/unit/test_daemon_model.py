@@ -84,3 +84,30 @@ def test_pending_settles_once_and_chains():
     assert isinstance(out.error, Removed)
     recovered = Pending.rejected(Removed("gone")).then(lambda v: v, lambda e: "recovered")
     assert recovered.value == "recovered"
+
+
+def test_controls_put_back_are_cached_before_the_module_answers():
+    """An autofocus puts the readout mode back while a capture may already
+    start: the capture must see the mode the module will have, not the one it
+    had, or it asks for nothing and gets a frame of the wrong mode."""
+    from modcam.module_power import ModulePower
+
+    class Host(ModulePower):                 # the module's control channel, stubbed
+        def __init__(self):
+            self.module_controls = {"readout_mode": "binned", "exposure_us": 8000}
+            self.sent, self.adopted = [], 0
+
+        def request(self, op, **args):
+            self.sent.append((op, args))
+            self.reply = Pending("set_controls")
+            return self.reply
+
+        def _adopt_module_controls(self):
+            self.adopted += 1
+
+    m = Host()
+    m.put_back_controls(readout_mode="full")
+    assert m.sent == [("set_controls", {"readout_mode": "full"})]
+    assert m.module_controls == {"readout_mode": "full", "exposure_us": 8000}
+    m.reply.resolve({"controls": {"readout_mode": "full", "exposure_us": 8000}})
+    assert m.adopted == 1
