@@ -50,6 +50,8 @@ def test_a_few_hundred_cycles_pass(tmp_path):
     assert report["crashes"] == 0 and report["hangs"] == 0, report["failures"]
     assert report["captures_invalid"] == 0, report["invalid_examples"]
     assert report["undocumented_errors"] == {}
+    for kind, n in report["documented_errors"].items():    # each kind shows what it said
+        assert 1 <= len(report["documented_error_examples"][kind]) <= min(3, n)
     assert report["leaked_fds"] == 0
     assert report["captures_ok"] > 0
     assert report["captures_validated_by"]["rendered"] > 0

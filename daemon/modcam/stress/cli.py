@@ -118,10 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             with open(os.path.join(args.out, "modcamd.log"), "w") as f:
                 f.write(lab.daemon.log)
     why = report_mod.problems(rep)
+    rss = ("not measured (run too short)" if rep["rss_growth_mb"] is None
+           else f"{rep['rss_growth_mb']} MB")
     print(f"modcam-stress: {'FAIL (' + '; '.join(why) + ')' if why else 'PASS'}: "
           f"{rep['cycles']} cycles, {rep['captures_ok']} captures ok, "
           f"{rep['captures_invalid']} invalid, {rep['crashes']} crashes, {rep['hangs']} hangs, "
-          f"leaked fds {rep['leaked_fds']}, RSS growth {rep['rss_growth_mb']} MB; "
+          f"leaked fds {rep['leaked_fds']}, RSS growth {rss}; "
           f"report in {os.path.join(args.out, 'report.md')}", file=sys.stderr)
     return 1 if why else 0
 

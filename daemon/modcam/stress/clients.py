@@ -28,6 +28,7 @@ class Tally:
         self.counts: collections.Counter = collections.Counter()
         self.undocumented: collections.Counter = collections.Counter()
         self.documented: collections.Counter = collections.Counter()
+        self.examples: dict[str, list[str]] = {}    # "Method:Error" -> its first messages
         self.latency: dict[str, list[float]] = collections.defaultdict(list)
         self.invalid: list[str] = []
         self.in_flight: collections.Counter = collections.Counter()   # method -> calls now
@@ -55,7 +56,11 @@ class Tally:
     def error(self, method: str, exc: BaseException) -> None:
         with self._lock:
             if isinstance(exc, ModcamClientError) and exc.documented:
-                self.documented[f"{method}:{exc.name}"] += 1
+                key = f"{method}:{exc.name}"
+                self.documented[key] += 1
+                seen = self.examples.setdefault(key, [])
+                if len(seen) < 3 and str(exc)[:200] not in seen:
+                    seen.append(str(exc)[:200])
             else:
                 name = exc.name if isinstance(exc, ModcamClientError) else type(exc).__name__
                 self.undocumented[f"{method}:{name}: {str(exc)[:120]}"] += 1

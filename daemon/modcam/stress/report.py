@@ -87,6 +87,7 @@ def build(run, outcome: dict, args: dict) -> dict:
         "slow_calls": t.counts["slow_calls"],
         "calls_ok": {k: v for k, v in sorted(t.counts.items()) if k.endswith("_ok")},
         "documented_errors": dict(sorted(t.documented.items())),
+        "documented_error_examples": dict(sorted(t.examples.items())),
         "undocumented_errors": dict(sorted(t.undocumented.items())),
         "states_at_unplug": dict(sorted(run.states_at_unplug.items())),
         "in_flight_at_unplug": dict(run.in_flight_at_unplug),
@@ -171,7 +172,9 @@ def markdown(r: dict) -> str:
                   f"{k} {v}" for k, v in r["in_flight_at_unplug"].items()) or "none") + ".  ",
               f"Missing: {', '.join(r['states_missing']) or 'none'}.", "",
               "## Errors", "", "Documented (org.modcam.Camera1.Error.*):", ""]
-    lines += [f"- {k}: {v}" for k, v in r["documented_errors"].items()] or ["- none"]
+    lines += [f"- {k}: {v}" + (f" (e.g. \"{r['documented_error_examples'][k][0]}\")"
+                               if r["documented_error_examples"].get(k) else "")
+              for k, v in r["documented_errors"].items()] or ["- none"]
     lines += ["", "Undocumented:", ""]
     lines += [f"- {k}: {v}" for k, v in r["undocumented_errors"].items()] or ["- none"]
     if r["failures"]:
