@@ -11,8 +11,6 @@ moves RSS by several MB either way.)"""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -20,22 +18,10 @@ import pytest
 from gi.repository import GLib
 
 from modcam import names
-from tests.support.daemon import error_name
+from tests.support.daemon import error_name, start_calling_client
 
 ERR = "org.modcam.Camera1.Error."
 MI = names.MODULE_INTERFACE
-
-KILLED_CLIENT = r"""
-import sys
-from gi.repository import Gio, GLib
-conn = Gio.DBusConnection.new_for_address_sync(sys.argv[1],
-    Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION,
-    None, None)
-print(conn.get_unique_name(), flush=True)
-conn.call_sync("org.modcam.Camera1", sys.argv[2], "org.modcam.Camera1.Module", "Capture",
-               GLib.Variant("(a{sv})", ({},)), None, 0, 60000, None)
-"""
-
 
 def v(sig, value):
     return GLib.Variant(sig, value)
@@ -71,9 +57,8 @@ def one_round(h) -> None:
                  "InvalidArgument")
     # A client killed while its capture waits for a stalled still.
     b.inject_fault("stall", seconds=1)
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, h.bus_address, b.path],
-                            env=h.env, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().startswith(":")
+    proc, name = start_calling_client(h, b, "Capture")
+    assert name.startswith(":")
     c.eventually(lambda: c.prop(b.path, "State") == "capturing", 10, "the client's capture")
     proc.kill()
     proc.wait(5)

@@ -25,7 +25,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -36,7 +35,7 @@ from PIL import Image
 
 from modcam import names
 from modcam.link import protocol
-from tests.support.daemon import error_name
+from tests.support.daemon import error_name, start_calling_client
 
 ERR = names.ERROR_PREFIX
 MOD = names.MODULE_INTERFACE
@@ -504,26 +503,6 @@ def test_a_claim_that_fails_holds_nothing(daemon_harness):
 
 # -- clients that vanish ----------------------------------------------------------------
 
-CLIENT = r"""
-import sys
-from gi.repository import Gio, GLib
-conn = Gio.DBusConnection.new_for_address_sync(sys.argv[1],
-    Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION,
-    None, None)
-print(conn.get_unique_name(), flush=True)
-args = GLib.Variant("(a{sv})", ({},)) if sys.argv[3] == "Capture" else None
-conn.call_sync("org.modcam.Camera1", sys.argv[2], "org.modcam.Camera1.Module", sys.argv[3],
-               args, None, 0, 60000, None)
-print("replied", flush=True)
-"""
-
-
-def start_client(h, vm, method) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-c", CLIENT, h.bus_address, vm.path, method],
-                            env=h.env, stdout=subprocess.PIPE, text=True)
-    return proc, proc.stdout.readline().strip()
-
-
 @pytest.mark.parametrize("method", ["Capture", "Claim"])
 def test_a_client_killed_mid_call_leaves_nothing_behind(daemon_harness, method):
     """Killed (SIGKILL) while its Capture waits for the still, or while its Claim
@@ -533,7 +512,7 @@ def test_a_client_killed_mid_call_leaves_nothing_behind(daemon_harness, method):
     vm = h.plug("MC0714", boot_seconds=1.5 if method == "Claim" else 0.3)
     if method == "Capture":
         vm.inject_fault("stall", seconds=2)
-    proc, name = start_client(h, vm, method)
+    proc, name = start_calling_client(h, vm, method)
     assert name.startswith(":")
     wait_state(c, vm, "capturing" if method == "Capture" else "booting")
     if method == "Claim":

@@ -292,3 +292,27 @@ class DaemonHarness:
         self.client.close()
         self.bus.close()
         self.tmp.cleanup()
+
+
+CALLING_CLIENT = r"""
+import sys
+from gi.repository import Gio, GLib
+conn = Gio.DBusConnection.new_for_address_sync(sys.argv[1],
+    Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION,
+    None, None)
+print(conn.get_unique_name(), flush=True)
+args = GLib.Variant("(a{sv})", ({},)) if sys.argv[3] == "Capture" else None
+conn.call_sync("org.modcam.Camera1", sys.argv[2], "org.modcam.Camera1.Module", sys.argv[3],
+               args, None, 0, 60000, None)
+print("replied", flush=True)
+"""
+
+
+def start_calling_client(h: "DaemonHarness", vm: VirtualModuleProcess,
+                         method: str) -> tuple[subprocess.Popen, str]:
+    """A client process that calls `method` (Capture with no options, or Claim)
+    on `vm` and waits for the reply; returns it and its unique bus name, for
+    tests that kill a caller mid-call."""
+    proc = subprocess.Popen([sys.executable, "-c", CALLING_CLIENT, h.bus_address, vm.path,
+                             method], env=h.env, stdout=subprocess.PIPE, text=True)
+    return proc, proc.stdout.readline().strip()
