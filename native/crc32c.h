@@ -32,7 +32,8 @@ enum modcam_crc32c_impl {
     MODCAM_CRC32C_IMPL_AUTO = 0,
     MODCAM_CRC32C_IMPL_PORTABLE = 1,
     MODCAM_CRC32C_IMPL_SSE42 = 2, /* crc32 instruction, 3 streams; AVX2 streaming copy */
-    MODCAM_CRC32C_IMPL_FOLD = 3,  /* VPCLMULQDQ folding */
+    MODCAM_CRC32C_IMPL_FOLD = 3,  /* VPCLMULQDQ folding, 256-bit registers */
+    MODCAM_CRC32C_IMPL_FOLD512 = 4, /* the same with AVX-512 registers */
 };
 int modcam_crc32c_set_impl(int impl);
 /* Store fence after streaming stores (a no-op where they are not used). */

@@ -29,16 +29,18 @@
  *     is repeated into a buffer longer than 3 * 32768 bytes (the 3-way
  *     interleaved CRC with its shift-and-combine step) or of at least 1 MiB
  *     (the streaming-store copy, which needs a 32-byte aligned destination).
- *     crc32c.c picks its path from the CPU (on one with VPCLMULQDQ, every
- *     CRC of 256 bytes or more takes the folding path instead of the
- *     interleave); the harness checks whichever path runs.
+ *     Bits 6-7 of the mode byte choose the implementation through
+ *     modcam_crc32c_set_impl (the CPU's best, the 3-way interleave, the
+ *     256-bit fold, the 512-bit fold), so every path this CPU has is
+ *     fuzzed; one the CPU lacks falls back to its best.
  *     Splitting the buffer and continuing the CRC checks the `crc` argument
  *     (CRC(a || b) == CRC(CRC(a), b)).
  *
  * Input layout (missing bytes read as zero):
  *   [0]        mode: bit0 XOR the header onto a valid template (else raw),
  *              bits1-2 why-buffer size (0/NULL, 1, 8, 256), bits3-5: 1 long
- *              buffer (> 3 * 32768), 2 huge (>= 1 MiB), others the data as is
+ *              buffer (> 3 * 32768), 2 huge (>= 1 MiB), others the data as is;
+ *              bits6-7 CRC32C implementation (auto, SSE4.2, fold, fold512)
  *   [1..128]   frame header
  *   [129..136] expected_position (u64 LE; XORed onto the template's)
  *   [137..144] max_payload (u64 LE; XORed onto the template's)
@@ -222,6 +224,11 @@ static void fuzz_crc(const uint8_t *data, size_t size)
     for (size_t i = 4096; i < len; i += 4096)
         src[i] ^= (uint8_t)(i >> 12);
 
+    static const int impls[4] = {MODCAM_CRC32C_IMPL_AUTO, MODCAM_CRC32C_IMPL_SSE42,
+                                 MODCAM_CRC32C_IMPL_FOLD, MODCAM_CRC32C_IMPL_FOLD512};
+    if (modcam_crc32c_set_impl(impls[mode >> 6]) != 0)
+        modcam_crc32c_set_impl(MODCAM_CRC32C_IMPL_AUTO);
+
     uint32_t ref = modcam_crc32c_portable(0, src, len);
     uint32_t hw = modcam_crc32c(0, src, len);
     CHECK(hw == ref, "modcam_crc32c disagrees with the portable table");
@@ -261,6 +268,7 @@ static void fuzz_crc(const uint8_t *data, size_t size)
 
     free(dbase);
     free(sbase);
+    modcam_crc32c_set_impl(MODCAM_CRC32C_IMPL_AUTO);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

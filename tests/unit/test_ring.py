@@ -433,7 +433,7 @@ def test_memfd_region_is_sealed_against_shrinking():
 
 # ---- CRC32C ----
 
-@pytest.fixture(params=["AUTO", "PORTABLE", "SSE42", "FOLD"])
+@pytest.fixture(params=["AUTO", "PORTABLE", "SSE42", "FOLD", "FOLD512"])
 def crc_impl(request):
     rc = lib.modcam_crc32c_set_impl(getattr(lib, f"MODCAM_CRC32C_IMPL_{request.param}"))
     if rc == -errno.ENOTSUP:  # this CPU has no such unit; the others still run
@@ -448,18 +448,23 @@ def test_crc32c_known_answer_and_paths_agree(crc_impl):
     assert lib.modcam_crc32c(0, check, 9) == 0xE3069283  # the standard check value
     assert lib.modcam_crc32c_portable(0, check, 9) == 0xE3069283
     rng = np.random.default_rng(0)
-    for n in [0, 1, 7, 8, 127, 128, 255, 256, 257, 383, 384, 385, 4095, 98303, 98304, 98305,
-              3 * 98304 + 13, (1 << 20) + 77, (1 << 20) + 128]:
+    for n in [0, 1, 7, 8, 127, 128, 255, 256, 257, 383, 384, 385, 4095, 4096, 4097, 4351, 4352,
+              4353, 98303, 98304, 98305, 3 * 98304 + 13, (1 << 20) + 77, (1 << 20) + 128,
+              (1 << 20) + 256]:
         buf = rng.integers(0, 256, n + 64, dtype=np.uint8)
         for off in (0, 3):
             src = ffi.from_buffer(buf[off:off + n])
             ref = lib.modcam_crc32c_portable(0, src, n)
             assert lib.modcam_crc32c(0, src, n) == ref
-            dst = np.zeros(n + 32, np.uint8)
-            aligned = (-dst.ctypes.data) % 32
-            out = dst[aligned:aligned + n]
-            assert lib.modcam_copy_crc32c(ffi.from_buffer(out), src, n) == ref
-            assert np.array_equal(out, buf[off:off + n])
+            # Streaming copies need a 32-byte aligned destination, the 512-bit
+            # path a 64-byte aligned one: try both, and neither.
+            for dst_align in (64, 32, 8):
+                dst = np.zeros(n + 128, np.uint8)
+                start = (-dst.ctypes.data) % 64 + (dst_align % 64)
+                out = dst[start:start + n]
+                assert lib.modcam_copy_crc32c(ffi.from_buffer(out), src, n) == ref
+                assert np.array_equal(out, buf[off:off + n])
+                assert not dst[:start].any() and not dst[start + n:].any()
     # Continuation: crc(a || b) == crc(crc(a), b)
     a, b = b"camera", b"module"
     assert lib.modcam_crc32c(lib.modcam_crc32c(0, a, 6), b, 6) == lib.modcam_crc32c(0, a + b, 12)
