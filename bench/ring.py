@@ -31,7 +31,7 @@ from modcam.native import ffi, lib  # noqa: E402
 
 LINE_RATE_GBPS = 1.25  # 10 Gbit/s
 SLOTS = 4
-REPEATS = 3  # paired ring/memcpy runs per size; medians are reported (a shared VM is noisy)
+REPEATS = 5  # paired ring/memcpy runs per size; medians are reported (a shared VM is noisy)
 SIZES = {  # name: (width, height)
     "100mp": (11552, 8672),
     "25mp": (5776, 4336),
@@ -72,11 +72,13 @@ def shared_mapping_ranges():
     return ranges
 
 
-def ring_producer(prod, start_fd, info, src, total):
+def ring_producer(prod, start_fd, credit_fd, info, src, total):
     os.read(start_fd, 1)
     for _ in range(total):
-        while prod.free_slots == 0:  # a benchmark waits rather than drop
-            time.sleep(0.0002)
+        # A benchmark waits rather than drop: the consumer writes a byte to the
+        # credit pipe after every release, so a full ring sleeps until one.
+        while prod.free_slots == 0:
+            os.read(credit_fd, 1)
         if not prod.write(info, src):
             raise SystemExit("frame dropped with a free slot")
     prod.close()
@@ -92,10 +94,13 @@ def bench_ring(width, height, frames, warmup):
     cons = Consumer(prod.region_fd)
     prod.set_doorbell(cons.fileno())
     start_r, start_w = os.pipe()
+    credit_r, credit_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         cons.close()
-        ring_producer(prod, start_r, info, src, warmup + frames)
+        ring_producer(prod, start_r, credit_r, info, src, warmup + frames)
+    # The parent keeps credit_r open: credits written after the producer is
+    # done (it exits after its last frame) then land in the pipe, not EPIPE.
     shared = shared_mapping_ranges()
     copies = 0
     os.write(start_w, b"g")
@@ -105,10 +110,13 @@ def bench_ring(width, height, frames, warmup):
             addr = f.data.__array_interface__["data"][0]
             if not any(lo <= addr < hi for lo, hi in shared):
                 copies += 1
+        os.write(credit_w, b"c")
         if i == warmup - 1:
             t_start = time.perf_counter()
     elapsed = time.perf_counter() - t_start
     _, status = os.waitpid(pid, 0)
+    for fd in (start_r, start_w, credit_r, credit_w):
+        os.close(fd)
     stats = cons.stats
     cons.close()
     prod.close()  # the parent kept its handle open until the child was done
@@ -170,7 +178,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer frames, under a minute")
     args = ap.parse_args()
-    frames = {"100mp": 24 if args.quick else 60, "25mp": 96 if args.quick else 240}
+    frames = {"100mp": 16 if args.quick else 36, "25mp": 64 if args.quick else 144}
     result = {"frame_bytes": {}, "ring_gbps": {}, "memcpy_gbps": {}, "ratio_memcpy": {},
               "memcpy_same_dst_gbps": {}, "ratio_memcpy_same_dst": {},
               "socketpair_gbps": {}, "line_rate_multiple": {}}
